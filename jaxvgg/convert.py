@@ -1,0 +1,256 @@
+"""Weights between torch state_dicts and Flax variables, for every model in the zoo.
+
+One naming rule covers all models: a torch module path becomes a Flax path by joining each
+numeric index to the name before it (``features.10`` -> ``features_10``, ``layer1.0.conv1`` ->
+``layer1_0/conv1``), which is how Flax names the lists of layers our models are built from.
+Leaves map by kind:
+
+=================  ==========================  =====================================
+torch              Flax                        change
+=================  ==========================  =====================================
+conv ``weight``    ``params/…/kernel``         OIHW -> HWIO (depthwise included)
+linear ``weight``  ``params/…/kernel``         (out, in) -> (in, out); the first FC
+                                               after a flatten also CHW -> HWC rows
+BN ``weight``      ``params/…/scale``
+``bias``           ``params/…/bias``
+``running_mean``   ``batch_stats/…/mean``
+``running_var``    ``batch_stats/…/var``
+=================  ==========================  =====================================
+
+``num_batches_tracked`` has no Flax counterpart; our BatchNorm uses a fixed momentum (torch's
+default), for which torch ignores the counter, so it is dropped on the way in and written as
+0 on the way out (or as the count you pass).
+
+Nothing here imports torch; only :func:`load_pth` and :func:`save_pth` need it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxvgg.errors import UserError, WeightMismatchError
+from jaxvgg.models import create_model, variable_shapes
+from jaxvgg.models.specs import get_spec
+
+_INDEX = re.compile(r"^(.*)_(\d+)$")
+_BN_STATS = {"running_mean": "mean", "running_var": "var"}
+
+
+def torch_path_to_flax(path: str) -> tuple[str, ...]:
+    """``"features.0"`` -> ``("features_0",)``; ``"layer1.0.conv1"`` -> ``("layer1_0", "conv1")``."""
+    out: list[str] = []
+    for part in path.split("."):
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}_{part}"
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def flax_path_to_torch(path: tuple[str, ...]) -> str:
+    parts = []
+    for part in path:
+        m = _INDEX.match(part)
+        parts.extend([m.group(1), m.group(2)] if m else [part])
+    return ".".join(parts)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _flatten_layer(name: str, image_size: int) -> tuple[str, tuple[int, int, int]] | None:
+    """The torch name of the FC layer that reads flattened conv features, and the CHW it reads."""
+    from jaxvgg.models.specs import HEADS, flatten_shape
+
+    spec = get_spec(name)
+    if spec.family != "vgg":
+        return None
+    c, h, w = flatten_shape(spec, image_size)
+    if HEADS[spec.head].pool == (1, 1) or h * w == 1:
+        return None
+    return "classifier.0", (c, h, w)
+
+
+def _flat_dict(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat_dict(v, (*prefix, k)))
+        else:
+            out[(*prefix, k)] = v
+    return out
+
+
+def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return out
+
+
+def _model_and_size(name: str, num_classes: int | None, options: dict, state_dict_classes: int | None):
+    image_size = options.get("image_size", 224)
+    classes = num_classes if num_classes is not None else state_dict_classes
+    return create_model(name, classes or 3, **options), image_size
+
+
+def _last_linear_out(state_dict: Mapping[str, Any]) -> int | None:
+    two_d = [k for k, v in state_dict.items() if k.endswith(".weight") and np.ndim(_to_numpy(v)) == 2]
+    return int(np.shape(_to_numpy(state_dict[two_d[-1]]))[0]) if two_d else None
+
+
+def torch_to_flax(
+    name: str, state_dict: Mapping[str, Any], num_classes: int | None = None, **options: Any
+) -> dict[str, Any]:
+    """Flax variables for model ``name`` from a torch state_dict (tensors or arrays).
+
+    ``num_classes`` defaults to the width of the state_dict's last layer. Raises
+    :class:`WeightMismatchError` listing missing, unexpected and mis-shaped entries.
+    """
+    model, image_size = _model_and_size(name, num_classes, options, _last_linear_out(state_dict))
+    expected = _flat_dict(variable_shapes(model))
+    flatten = _flatten_layer(name, image_size)
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    unexpected, misshaped = [], []
+    for key, value in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        arr = _to_numpy(value)
+        path = torch_path_to_flax(module)
+        if leaf in _BN_STATS:
+            target, arr = ("batch_stats", *path, _BN_STATS[leaf]), arr
+        elif leaf == "bias":
+            target = ("params", *path, "bias")
+        elif leaf == "weight" and arr.ndim == 4:
+            target, arr = ("params", *path, "kernel"), arr.transpose(2, 3, 1, 0)
+        elif leaf == "weight" and arr.ndim == 2:
+            arr = _chw_rows_to_hwc(arr.T, flatten[1]) if flatten and module == flatten[0] else arr.T
+            target = ("params", *path, "kernel")
+        elif leaf == "weight" and arr.ndim == 1:
+            target = ("params", *path, "scale")
+        else:
+            unexpected.append(key)
+            continue
+        if target not in expected:
+            unexpected.append(key)
+        elif tuple(expected[target].shape) != arr.shape:
+            want = _torch_shape_of(expected[target], target)
+            misshaped.append(f"{key}: got {_torch_shape_of(arr, target)}, model wants {want}")
+        else:
+            flat[target] = np.ascontiguousarray(arr, dtype=expected[target].dtype)
+    missing = [_torch_name(p) for p in expected if p not in flat and not _is_reported(p, misshaped)]
+    _raise_mismatch(name, missing, unexpected, misshaped)
+    return _nest(flat)
+
+
+def flax_to_torch(
+    name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0, **options: Any
+) -> dict[str, np.ndarray]:
+    """A torch-named state_dict of numpy arrays for model ``name`` (load with ``torch.from_numpy``)."""
+    image_size = options.get("image_size", 224)
+    flatten = _flatten_layer(name, image_size)
+    stats = _flat_dict(variables.get("batch_stats", {}))
+    by_module: dict[tuple[str, ...], dict[str, Any]] = {}
+    for path, value in _flat_dict(variables.get("params", {})).items():
+        by_module.setdefault(path[:-1], {})[path[-1]] = np.asarray(value)
+    out: dict[str, np.ndarray] = {}
+    for path, leaves in by_module.items():
+        module = flax_path_to_torch(path)
+        for leaf, arr in leaves.items():
+            if leaf == "kernel" and arr.ndim == 4:
+                arr = arr.transpose(3, 2, 0, 1)
+            elif leaf == "kernel":
+                arr = (_hwc_rows_to_chw(arr, flatten[1]) if flatten and module == flatten[0] else arr).T
+            torch_leaf = "weight" if leaf in ("kernel", "scale") else leaf
+            out[f"{module}.{torch_leaf}"] = np.ascontiguousarray(arr)
+        if (*path, "mean") in stats:
+            out[f"{module}.running_mean"] = np.asarray(stats[(*path, "mean")])
+            out[f"{module}.running_var"] = np.asarray(stats[(*path, "var")])
+            out[f"{module}.num_batches_tracked"] = np.asarray(num_batches_tracked, dtype=np.int64)
+    return out
+
+
+def _chw_rows_to_hwc(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    c, h, w = chw
+    if kernel.shape[0] != c * h * w:
+        return kernel  # shape check reports it
+    return kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
+
+
+def _hwc_rows_to_chw(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    c, h, w = chw
+    return kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+
+
+def _torch_name(path: tuple[str, ...]) -> str:
+    _collection, *rest = path
+    leaf = rest[-1]
+    module = flax_path_to_torch(tuple(rest[:-1]))
+    torch_leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}.get(leaf, leaf)
+    return f"{module}.{torch_leaf}"
+
+
+def _torch_shape_of(arr: Any, target: tuple[str, ...]) -> tuple[int, ...]:
+    shape = tuple(arr.shape)
+    if target[-1] == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if target[-1] == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+def _is_reported(path: tuple[str, ...], misshaped: list[str]) -> bool:
+    name = _torch_name(path)
+    return any(m.startswith(name + ":") for m in misshaped)
+
+
+def _raise_mismatch(name: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+    if not (missing or unexpected or misshaped):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = "; ".join(items[:8]) + (f"; … ({len(items) - 8} more)" if len(items) > 8 else "")
+            parts.append(f"{label} ({len(items)}): {shown}")
+    raise WeightMismatchError(f"weights do not fit {name}: " + " | ".join(parts))
+
+
+def load_pth(path: str) -> dict[str, np.ndarray]:
+    """A ``.pth`` state_dict (or a checkpoint dict holding one under ``state_dict``/``model``) as arrays."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError(f"{path}: reading .pth files needs PyTorch (pip install 'jaxvgg[torch]')") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: no such file") from e
+    except Exception as e:  # torch raises many kinds for a corrupt file
+        raise UserError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise UserError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
+    return {k.removeprefix("module."): _to_numpy(v) for k, v in obj.items()}
+
+
+def save_pth(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError(f"{path}: writing .pth files needs PyTorch (pip install 'jaxvgg[torch]')") from e
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)

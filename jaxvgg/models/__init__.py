@@ -1,0 +1,63 @@
+"""The Flax model zoo: ``create_model`` / ``init_variables`` over the shared table in :mod:`.specs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvgg.models.specs import MODELS, get_spec
+from jaxvgg.models.vgg import VGG
+
+Variables = dict[str, Any]
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
+    """A Flax module whose ``apply(variables, x, train=False)`` maps NHWC float32 images to logits.
+
+    Options: ``image_size`` (models without an adaptive pool size their first FC layer by it;
+    default 224) and ``dtype`` (compute dtype, e.g. ``jnp.bfloat16``; parameters stay float32).
+    """
+    spec = get_spec(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    unknown = set(options) - {"image_size", "dtype"}
+    if unknown:
+        raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    if spec.family == "vgg":
+        return VGG(spec, num_classes=num_classes, **options)
+    raise ValueError(f"model family {spec.family!r} is not available")
+
+
+def _input_size(model: nn.Module, image_size: int | None) -> int:
+    if image_size is not None:
+        return image_size
+    return getattr(model, "image_size", 224)
+
+
+def init_variables(model: nn.Module, image_size: int | None = 224, seed: int = 0) -> Variables:
+    """Fresh variables (``params``, plus ``batch_stats`` for BatchNorm models) as a plain dict."""
+    size = _input_size(model, image_size)
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.key(seed), x)
+    return jax.tree_util.tree_map(lambda a: a, dict(variables))
+
+
+def variable_shapes(model: nn.Module, image_size: int | None = None) -> Variables:
+    """The variables' shapes and dtypes without computing anything (``jax.ShapeDtypeStruct`` leaves)."""
+    size = _input_size(model, image_size)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return dict(jax.eval_shape(model.init, jax.random.key(0), x))
+
+
+def count_params(variables: Variables) -> int:
+    """Trainable parameters: everything under ``params`` (BatchNorm running statistics excluded)."""
+    params = variables.get("params", variables)
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,169 @@
+"""Flax Linen layers that mirror ``torch.nn`` ones: same names, same arguments, same maths.
+
+Every layer takes ``(x, train)`` so a model can run a plain list of them, the way a torch
+``nn.Sequential`` runs its children. Parameters use Flax's names (``kernel``, ``scale``,
+``mean``/``var`` in ``batch_stats``); :mod:`jaxvgg.convert` maps them to torch's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvgg.ops.conv import adaptive_avg_pool2d, conv2d
+
+Initializer = nn.initializers.Initializer
+
+
+def torch_default_kernel_init() -> Initializer:
+    """``kaiming_uniform_(a=sqrt(5))``, torch's default for Conv2d and Linear weights."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def kaiming_fan_out() -> Initializer:
+    """torchvision's VGG/ResNet conv init: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``."""
+    return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class Conv2d(nn.Module):
+    out_channels: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = True
+    init: str = "torch"  # "torch" defaults or "torchvision" (kaiming fan-out, zero bias)
+    dtype: jnp.dtype | None = None  # compute dtype; parameters stay float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        in_channels = x.shape[-1]
+        k = self.kernel_size
+        fan_in = in_channels // self.groups * k * k
+        kernel_init = kaiming_fan_out() if self.init == "torchvision" else torch_default_kernel_init()
+        kernel = self.param("kernel", kernel_init, (k, k, in_channels // self.groups, self.out_channels))
+        dtype = self.dtype or x.dtype
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), stride=self.stride, padding=self.padding, groups=self.groups)
+        if self.bias:
+            bias_init = nn.initializers.zeros if self.init == "torchvision" else torch_default_bias_init(fan_in)
+            y = y + self.param("bias", bias_init, (self.out_channels,)).astype(dtype)
+        return y
+
+
+class Linear(nn.Module):
+    out_features: int
+    init: str = "torch"  # "torch" defaults or "torchvision" (normal(0, 0.01), zero bias)
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        in_features = x.shape[-1]
+        if self.init == "torchvision":
+            kernel_init, bias_init = nn.initializers.normal(0.01), nn.initializers.zeros
+        else:
+            kernel_init, bias_init = torch_default_kernel_init(), torch_default_bias_init(in_features)
+        kernel = self.param("kernel", kernel_init, (in_features, self.out_features))
+        bias = self.param("bias", bias_init, (self.out_features,))
+        dtype = self.dtype or x.dtype
+        return x.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
+
+
+class BatchNorm2d(nn.Module):
+    """torch ``BatchNorm2d``: biased variance to normalise, *unbiased* variance into running_var.
+
+    ``momentum`` is torch's (weight of the new batch), not Flax's decay. Statistics are always
+    computed in float32; under ``jax.jit`` with a sharded batch the means are global.
+    """
+
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axes)
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                unbiased = var * (n / max(n - 1, 1))
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        else:
+            mean, var = running_mean.value, running_var.value
+        y = (x32 - mean) * (scale * jax.lax.rsqrt(var + self.eps)) + bias
+        return y.astype(x.dtype)
+
+
+class ReLU(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return nn.relu(x)
+
+
+class MaxPool2d(nn.Module):
+    kernel_size: int = 2
+    stride: int = 2
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
+
+
+class AdaptiveAvgPool2d(nn.Module):
+    output_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return adaptive_avg_pool2d(x, tuple(self.output_size))
+
+
+class Dropout(nn.Module):
+    p: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return nn.Dropout(self.p, deterministic=not train)(x)
+
+
+class DSConv(nn.Module):
+    """Depthwise 3x3 then pointwise 1x1: the tutorial's depthwise-separable convolution."""
+
+    out_channels: int
+    init: str = "torch"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        x = Conv2d(c, 3, padding=1, groups=c, init=self.init, dtype=self.dtype, name="depthwise")(x)
+        return Conv2d(self.out_channels, 1, init=self.init, dtype=self.dtype, name="pointwise")(x)
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """Flatten NHWC to (N, H*W*C); :mod:`jaxvgg.convert` permutes the next layer for torch's CHW order."""
+    return x.reshape(x.shape[0], -1)
+
+
+def run(layers: Sequence[nn.Module], x: jax.Array, train: bool) -> jax.Array:
+    """Apply layers in order, like ``nn.Sequential``."""
+    for layer in layers:
+        x = layer(x, train)
+    return x

@@ -1,0 +1,128 @@
+"""The model table shared by both frameworks.
+
+Everything here is plain Python so that `jaxvgg` (Flax) and `torchref` (PyTorch) build each
+model from the same description, in the spirit of torchvision's single `cfgs` table: one
+`make_layers` per framework turns a config into layers with identical indices, so a torch
+key such as ``features.10.weight`` names the same layer as Flax's ``features_10/kernel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+# torchvision's VGG configurations: numbers are conv widths, "M" is a 2x2 max-pool.
+CFGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    # The tutorial's knowledge-distillation student: two conv blocks.
+    "student": [32, "M", 64, "M"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What follows the conv features: an optional adaptive pool, then the FC stack."""
+
+    pool: tuple[int, int] | None  # AdaptiveAvgPool2d output size; None flattens the features as they are
+    hidden: tuple[int, ...]  # widths of the hidden Linear layers (each followed by ReLU)
+    dropout: bool  # Dropout(0.5) after each hidden ReLU, as in torchvision
+
+
+HEADS: dict[str, Head] = {
+    "torchvision": Head(pool=(7, 7), hidden=(4096, 4096), dropout=True),
+    "manual": Head(pool=None, hidden=(4096, 4096), dropout=False),
+    "slim": Head(pool=(7, 7), hidden=(1024, 256), dropout=True),
+    "gap": Head(pool=(1, 1), hidden=(), dropout=False),
+    "student": Head(pool=None, hidden=(256,), dropout=False),
+}
+
+DROPOUT_RATE = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One row of the model zoo."""
+
+    family: str  # "vgg" or "resnet"
+    cfg: str = "D"
+    batch_norm: bool = False
+    separable: bool = False  # depthwise-separable convolutions instead of plain 3x3 ones
+    head: str = "torchvision"
+    init: str = "torchvision"  # "torchvision" (kaiming fan-out) or "torch" (nn.Module defaults)
+    description: str = ""
+
+    @property
+    def sized(self) -> bool:
+        """Whether the first FC layer's width depends on the image size (no adaptive pool)."""
+        return self.family == "vgg" and HEADS[self.head].pool is None
+
+
+def _torchvision_vggs() -> dict[str, ModelSpec]:
+    out = {}
+    for depth, cfg in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E")):
+        out[f"vgg{depth}"] = ModelSpec("vgg", cfg, description=f"torchvision VGG-{depth}")
+        out[f"vgg{depth}_bn"] = ModelSpec(
+            "vgg", cfg, batch_norm=True, description=f"torchvision VGG-{depth} with BatchNorm"
+        )
+    return out
+
+
+MODELS: dict[str, ModelSpec] = {
+    **_torchvision_vggs(),
+    "vgg16_manual": ModelSpec(
+        "vgg",
+        "D",
+        head="manual",
+        init="torch",
+        description="the tutorial's hand-built VGG-16: no average pool, no dropout",
+    ),
+    "vgg16_slim": ModelSpec("vgg", "D", head="slim", description="VGG-16, FC head 1024-256"),
+    "vgg16_gap": ModelSpec("vgg", "D", head="gap", description="VGG-16, global-average-pool head"),
+    "vgg16_dsconv": ModelSpec(
+        "vgg",
+        "D",
+        separable=True,
+        head="slim",
+        description="VGG-16 with depthwise-separable convolutions and the slim head",
+    ),
+    "student_cnn": ModelSpec(
+        "vgg",
+        "student",
+        head="student",
+        init="torch",
+        description="the tutorial's small distillation student",
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def conv_widths(cfg: str) -> list[int]:
+    return [v for v in CFGS[cfg] if v != "M"]
+
+
+def flatten_shape(spec: ModelSpec, image_size: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the tensor the first FC layer flattens."""
+    channels = conv_widths(spec.cfg)[-1]
+    pool = HEADS[spec.head].pool
+    if pool is not None:
+        return channels, pool[0], pool[1]
+    n_pools = CFGS[spec.cfg].count("M")
+    side = image_size // 2**n_pools
+    if side < 1:
+        raise ValueError(f"image size {image_size} is too small for {spec.cfg!r}: it needs at least {2**n_pools}")
+    return channels, side, side
+
+
+def classifier_widths(spec: ModelSpec, num_classes: int, image_size: int) -> list[tuple[int, int]]:
+    """(in, out) of every Linear layer of the head, in order."""
+    c, h, w = flatten_shape(spec, image_size)
+    widths = [c * h * w, *HEADS[spec.head].hidden, num_classes]
+    return list(itertools.pairwise(widths))

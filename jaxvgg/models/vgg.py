@@ -1,0 +1,64 @@
+"""VGG family in Flax Linen. Reads line by line like ``torchref/models/vgg.py``."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvgg.models.layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    DSConv,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    flatten,
+    run,
+)
+from jaxvgg.models.specs import CFGS, DROPOUT_RATE, HEADS, ModelSpec, classifier_widths
+
+
+def make_layers(cfg: str, batch_norm: bool, separable: bool, init: str, dtype=None) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for v in CFGS[cfg]:
+        if v == "M":
+            layers += [MaxPool2d(kernel_size=2, stride=2)]
+        else:
+            conv = DSConv(v, init=init, dtype=dtype) if separable else Conv2d(v, 3, padding=1, init=init, dtype=dtype)
+            layers += [conv, BatchNorm2d(), ReLU()] if batch_norm else [conv, ReLU()]
+    return layers
+
+
+def make_classifier(spec: ModelSpec, num_classes: int, image_size: int, dtype=None) -> list[nn.Module]:
+    head = HEADS[spec.head]
+    widths = classifier_widths(spec, num_classes, image_size)
+    layers: list[nn.Module] = []
+    for _, out in widths[:-1]:
+        layers += [Linear(out, init=spec.init, dtype=dtype), ReLU()]
+        layers += [Dropout(DROPOUT_RATE)] if head.dropout else []
+    layers += [Linear(widths[-1][1], init=spec.init, dtype=dtype)]
+    return layers
+
+
+class VGG(nn.Module):
+    spec: ModelSpec
+    num_classes: int = 3
+    image_size: int = 224  # only shapes the first FC layer of heads without an adaptive pool
+    dtype: jnp.dtype | None = None  # compute dtype (None: the input's); parameters stay float32
+
+    def setup(self) -> None:
+        spec = self.spec
+        self.features = make_layers(spec.cfg, spec.batch_norm, spec.separable, spec.init, self.dtype)
+        pool = HEADS[spec.head].pool
+        self.avgpool = AdaptiveAvgPool2d(pool) if pool is not None else None
+        self.classifier = make_classifier(spec, self.num_classes, self.image_size, self.dtype)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = run(self.features, x, train)
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+        x = flatten(x)
+        return run(self.classifier, x, train).astype(jnp.float32)

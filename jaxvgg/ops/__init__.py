@@ -1,0 +1,1 @@
+"""Low-level array operations the models are built from."""

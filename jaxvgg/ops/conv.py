@@ -1,0 +1,68 @@
+"""The one 2-D convolution every model calls.
+
+Keeping it in one place lets the lowering be chosen per shape (see the performance issue)
+without touching any model: the models only ever call :func:`conv2d`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LOWERINGS = ("xla",)
+
+
+def lowering() -> str:
+    """The lowering chosen by ``JAXVGG_CONV`` (read at trace time)."""
+    value = os.environ.get("JAXVGG_CONV", "xla")
+    if value not in LOWERINGS:
+        raise ValueError(f"JAXVGG_CONV={value!r}: choose one of {', '.join(LOWERINGS)}")
+    return value
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+) -> jax.Array:
+    """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups)."""
+    return lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def adaptive_avg_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """torch ``AdaptiveAvgPool2d`` on NHWC input, exact for any input size.
+
+    Output cell i averages input rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1, so a 1x1 map
+    is replicated to 7x7 and a 14x14 map averaged in 2x2 cells, as torch does.
+    """
+    _, h, w, _ = x.shape
+    oh, ow = output_size
+    if (h, w) == (oh, ow):
+        return x
+    if (oh, ow) == (1, 1):
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    rows = _pool_matrix(h, oh, x.dtype)
+    cols = _pool_matrix(w, ow, x.dtype)
+    return jnp.einsum("nhwc,ph,qw->npqc", x, rows, cols)
+
+
+def _pool_matrix(size: int, out: int, dtype) -> jax.Array:
+    i = jnp.arange(out)
+    start = (i * size) // out
+    end = -((-(i + 1) * size) // out)  # ceil((i + 1) * size / out)
+    j = jnp.arange(size)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)

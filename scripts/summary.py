@@ -1,0 +1,48 @@
+"""Print a torchsummary-style table of any model, in JAX or PyTorch.
+
+python scripts/summary.py --model vgg16 [--framework jax|torch] [--image-size 224] [--num-classes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jaxvgg
+from jaxvgg.cli import main_guard
+from jaxvgg.errors import UserError
+from jaxvgg.models.specs import get_spec
+
+
+@main_guard
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vgg16", choices=jaxvgg.list_models())
+    p.add_argument("--framework", default="jax", choices=["jax", "torch"])
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=3)
+    args = p.parse_args()
+    if args.image_size < 1 or args.num_classes < 1:
+        raise UserError("--image-size and --num-classes must be positive")
+    options = {"image_size": args.image_size} if get_spec(args.model).sized else {}
+    try:
+        if args.framework == "jax":
+            from jaxvgg.models import variable_shapes
+            from jaxvgg.summary import flax_summary
+
+            model = jaxvgg.create_model(args.model, args.num_classes, **options)
+            summary = flax_summary(model, variable_shapes(model, args.image_size), args.image_size)
+        else:
+            try:
+                import torchref
+                from torchref.summary import torch_summary
+            except ImportError as e:
+                raise UserError("--framework torch needs PyTorch: pip install -e '.[torch]'") from e
+            summary = torch_summary(torchref.create_model(args.model, args.num_classes, **options), args.image_size)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(f"{args.model} ({args.framework}), input 3x{args.image_size}x{args.image_size}, {args.num_classes} classes")
+    print(summary.format())
+
+
+if __name__ == "__main__":
+    main()

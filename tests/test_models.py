@@ -1,0 +1,81 @@
+"""The Flax model zoo on its own (no torch needed)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvgg
+from jaxvgg.models import variable_shapes
+from jaxvgg.models.specs import MODELS
+
+KNOWN_TOTALS = [
+    ("vgg16_manual", 3, 134_272_835),
+    ("vgg16", 3, 134_272_835),
+    ("vgg16", 1000, 138_357_544),
+    ("vgg16_bn", 1000, 138_365_992),
+    ("vgg16_slim", 3, 40_668_995),
+    ("vgg16_gap", 3, 14_716_227),
+]
+
+
+@pytest.mark.parametrize(("name", "classes", "total"), KNOWN_TOTALS)
+def test_known_parameter_totals(name, classes, total):
+    model = jaxvgg.create_model(name, classes)
+    assert jaxvgg.count_params(variable_shapes(model)) == total
+
+
+def test_list_models_names_every_model():
+    names = jaxvgg.list_models()
+    for depth in (11, 13, 16, 19):
+        assert f"vgg{depth}" in names and f"vgg{depth}_bn" in names
+    assert {"vgg16_manual", "vgg16_slim", "vgg16_gap", "vgg16_dsconv", "student_cnn"} <= set(names)
+    assert names == sorted(MODELS)
+
+
+def test_unknown_model_and_option_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown model 'vgg17'"):
+        jaxvgg.create_model("vgg17")
+    with pytest.raises(ValueError, match="unknown option"):
+        jaxvgg.create_model("vgg16", colour=True)
+
+
+def test_init_apply_dropout_and_batch_stats():
+    model = jaxvgg.create_model("vgg11_bn", 3)
+    variables = jaxvgg.init_variables(model, image_size=32, seed=0)
+    assert set(variables) == {"params", "batch_stats"}
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    logits = jax.jit(model.apply)(variables, x)
+    assert logits.shape == (4, 3) and logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+    train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]))
+    out, updates = train(variables, x, jax.random.key(2))
+    before = variables["batch_stats"]["features_1"]["mean"]
+    assert not np.allclose(before, updates["batch_stats"]["features_1"]["mean"])
+    assert not np.allclose(out, train(variables, x, jax.random.key(3))[0]), "dropout keys must change the output"
+
+
+def test_sized_models_take_image_size():
+    small = jaxvgg.create_model("student_cnn", 3, image_size=32)
+    convs = (27 * 32 + 32) + (9 * 32 * 64 + 64)
+    fcs = (64 * 8 * 8 * 256 + 256) + (256 * 3 + 3)
+    assert jaxvgg.count_params(variable_shapes(small)) == convs + fcs
+    with pytest.raises(ValueError, match="too small"):
+        jaxvgg.create_model("vgg16_manual", 3, image_size=16).init(jax.random.key(0), jnp.ones((1, 16, 16, 3)))
+
+
+def test_jaxvgg_imports_and_runs_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "import jax.numpy as jnp, jaxvgg, jaxvgg.convert, jaxvgg.summary\n"
+        "m = jaxvgg.create_model('student_cnn', 3, image_size=32)\n"
+        "v = jaxvgg.init_variables(m, 32)\n"
+        "sd = jaxvgg.convert.flax_to_torch('student_cnn', v, image_size=32)\n"
+        "print(m.apply(v, jnp.ones((1, 32, 32, 3))).shape, len(sd))\n"
+        "try:\n    jaxvgg.convert.load_pth('x.pth')\nexcept Exception as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "(1, 3)" in out and "needs PyTorch" in out
