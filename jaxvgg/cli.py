@@ -19,6 +19,9 @@ def main_guard(fn: Callable[[], int | None]) -> Callable[[], None]:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # output piped into `head` and the like
+            sys.stderr.close()
+            sys.exit(0)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

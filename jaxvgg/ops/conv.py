@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LOWERINGS = ("xla",)
+LOWERINGS = ("xla", "im2col")
 
 
 def lowering() -> str:
     """The lowering chosen by ``JAXVGG_CONV`` (read at trace time)."""
-    value = os.environ.get("JAXVGG_CONV", "xla")
+    value = os.environ.get("JAXVGG_CONV", "im2col")
     if value not in LOWERINGS:
         raise ValueError(f"JAXVGG_CONV={value!r}: choose one of {', '.join(LOWERINGS)}")
     return value
@@ -32,6 +32,8 @@ def conv2d(
     groups: int = 1,
 ) -> jax.Array:
     """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups)."""
+    if lowering() == "im2col" and groups == 1:
+        return _im2col_conv(x, kernel.astype(x.dtype), stride, padding)
     return lax.conv_general_dilated(
         x,
         kernel.astype(x.dtype),
@@ -40,6 +42,22 @@ def conv2d(
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
+
+
+def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    kh, kw, cin, cout = kernel.shape
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    n, hp, wp, _ = xp.shape
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    cols = [
+        xp[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(cols, axis=-1)
+    return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(n, oh, ow, cout)
 
 
 def adaptive_avg_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:

@@ -1,0 +1,162 @@
+"""Every training setting in one place, the presets, and the command-line flags built from them.
+
+Both ``scripts/train_jax.py`` and ``scripts/train_torch.py`` take exactly these flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from jaxvgg.errors import UserError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "student_cnn"
+    data_dir: str | None = None  # None: the built-in synthetic dataset
+    image_size: int = 64
+    batch_size: int = 32
+    epochs: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    step_size: int = 30  # StepLR
+    gamma: float = 0.1  # StepLR
+    momentum: float = 0.9  # SGD
+    patience: int = 10  # early stopping: epochs without a better validation accuracy
+    seed: int = 0
+    augment: bool = False
+    split: str = "stratified"
+    split_file: str | None = None  # re-use another run's split.json
+    test_fraction: float = 0.2
+    val_fraction: float = 0.0  # 0: the test split doubles as validation, as in the tutorial
+    out_dir: str | None = None
+    workers: int | None = None
+    strict: bool = False  # unreadable images are an error instead of being skipped
+    resume: str | None = None  # a run folder to continue
+    dataset_seed: int = 0  # built-in dataset
+    dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
+    max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in raw.items() if k in known})
+        cfg.dataset_counts = tuple(cfg.dataset_counts)
+        return cfg
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
+    "quick": {},
+    # The tutorial as written: hand-built VGG-16, 224 px, Adam 1e-4, 40 epochs, no augmentation.
+    "tutorial": dict(
+        model="vgg16_manual",
+        image_size=224,
+        batch_size=32,
+        lr=1e-4,
+        epochs=40,
+        augment=False,
+        weight_decay=0.0,
+        schedule="constant",
+        patience=40,
+    ),
+    # The tutorial's optimised version: torchvision VGG-16, augmentation, AdamW-free Adam + cosine.
+    "optimized": dict(
+        model="vgg16",
+        image_size=224,
+        batch_size=32,
+        lr=3e-4,
+        weight_decay=1e-5,
+        epochs=100,
+        schedule="cosine",
+        patience=10,
+        augment=True,
+    ),
+}
+
+_HELP = {
+    "model": "model name (see scripts/summary.py --help)",
+    "data_dir": "ImageFolder root (one sub-folder per class); default: the built-in dataset",
+    "image_size": "square input size in pixels",
+    "epochs": "maximum epochs (also T_max of the cosine schedule)",
+    "lr": "base learning rate",
+    "weight_decay": "weight decay (coupled L2 for adam/sgd, decoupled for adamw)",
+    "schedule": "cosine (CosineAnnealingLR), step (StepLR) or constant",
+    "patience": "early stopping: epochs without a better validation accuracy",
+    "augment": "RandomResizedCrop + RandomHorizontalFlip for training",
+    "split": "stratified (default) or random",
+    "split_file": "re-use a split.json (e.g. from another run) so both runs see the same images",
+    "val_fraction": "hold out this fraction of the training split for validation (0: validate on test)",
+    "out_dir": "run folder (default runs/<time>-<model>)",
+    "workers": "image-loading threads (default: CPU count, at most 8)",
+    "strict": "stop on unreadable images instead of skipping them",
+    "resume": "continue the run in this folder from its last checkpoint",
+    "max_steps": "stop after this many optimizer steps",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named like the tutorial's variables (``--lr``, ``--batch-size`` …)."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from these settings")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "dataset_counts":
+            parser.add_argument(
+                flag, type=int, nargs=3, default=None, metavar="N", help="built-in dataset: images per class"
+            )
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the preset, then every flag given explicitly."""
+    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = tuple(given) if f.name == "dataset_counts" else given
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    from jaxvgg.models.specs import MODELS
+    from jaxvgg.train.optim import OPTIMIZERS, SCHEDULES
+
+    if cfg.model not in MODELS:
+        raise UserError(f"--model {cfg.model!r}: choose one of {', '.join(sorted(MODELS))}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"--schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for name in ("image_size", "batch_size", "epochs", "step_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.weight_decay < 0:
+        raise UserError("--lr must be positive and --weight-decay non-negative")
+    if cfg.patience < 1:
+        raise UserError("--patience must be at least 1")
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a run folder (no config.json)")
+    try:
+        return TrainConfig.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from e

@@ -1,0 +1,33 @@
+"""Classification metrics shared by both frameworks (numpy only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(labels: Sequence[int], preds: Sequence[int], num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels, int), np.asarray(preds, int)), 1)
+    return cm
+
+
+def classification_report(labels: Sequence[int], preds: Sequence[int], classes: Sequence[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro-F1 and the confusion matrix (rows: truth)."""
+    cm = confusion_matrix(labels, preds, len(classes))
+    tp = np.diag(cm).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(tp / cm.sum(0))
+        recall = np.nan_to_num(tp / cm.sum(1))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, cm.sum(1), strict=True)
+        },
+        "classes": list(classes),
+        "confusion_matrix": cm.tolist(),
+    }

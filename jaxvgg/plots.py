@@ -1,0 +1,52 @@
+"""The run's figures: the tutorial's accuracy/loss curves and a confusion matrix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Two panels like the tutorial's: accuracy, then loss, for training and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((acc, "acc", "Accuracy"), (loss, "loss", "Loss")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label=f"Training {label.lower()}")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label=f"Validation {label.lower()}")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"Training and validation {label.lower()}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(
+    cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 1.4 * len(classes) + 1.5))
+    ax.imshow(cm, cmap="Greens")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
+    ax.set_title(title or "Confusion matrix (test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,116 @@
+"""What every training run does around the framework-specific loop; shared by jaxvgg and torchref.
+
+A run folder holds ``config.json``, ``split.json``, ``history.json``, ``metrics.json``,
+``curves.png``, ``confusion.png`` and the checkpoints, whichever framework trained it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jaxvgg.config import TrainConfig, load_run_config
+from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
+from jaxvgg.data.split import Split, load_split, make_split, save_split
+from jaxvgg.errors import UserError
+from jaxvgg.metrics import classification_report
+from jaxvgg.plots import plot_confusion, plot_curves
+
+
+@dataclasses.dataclass
+class RunContext:
+    cfg: TrainConfig
+    out_dir: Path
+    data: ImageFolderIndex
+    split: Split
+    history: list[dict[str, Any]]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    @property
+    def val_subset(self) -> str:
+        return "val" if self.split.subsets["val"] else "test"
+
+
+def data_root(cfg: TrainConfig) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    from jaxvgg.data.synthetic import ensure_dataset
+
+    return ensure_dataset(cfg.dataset_seed, cfg.dataset_counts)
+
+
+def prepare_run(cfg: TrainConfig, framework: str) -> RunContext:
+    """Resolve data and split, create (or reopen, with ``--resume``) the run folder."""
+    history: list[dict[str, Any]] = []
+    if cfg.resume:
+        out_dir = Path(cfg.resume)
+        saved = load_run_config(out_dir)
+        if saved.model != cfg.model and cfg.model != TrainConfig.model:
+            raise UserError(f"{out_dir}: run trained {saved.model}, not {cfg.model}")
+        # The run continues as it was configured; only settings of this invocation change.
+        cfg = dataclasses.replace(saved, resume=cfg.resume, max_steps=cfg.max_steps, workers=cfg.workers)
+        hist = out_dir / "history.json"
+        history = json.loads(hist.read_text()) if hist.exists() else []
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    root = data_root(cfg)
+    data = scan_image_folder(root, strict=cfg.strict)
+    for path, reason in data.skipped:
+        print(f"skipped {root / path}: {reason}", file=sys.stderr)
+    split_path = cfg.split_file or (out_dir / "split.json" if cfg.resume else None)
+    if split_path:
+        split = load_split(split_path, data)
+    else:
+        split = make_split(data, cfg.split, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    n_train = len(split.subsets["train"])
+    if n_train < cfg.batch_size:
+        raise UserError(
+            f"the training split has {n_train} images, fewer than --batch-size {cfg.batch_size}; "
+            "use a smaller batch or more data"
+        )
+    if not split.subsets["test"]:
+        raise UserError(f"{root}: the test split is empty; the data set is too small to split")
+    save_split(split, root, out_dir / "split.json")
+    (out_dir / "config.json").write_text(
+        json.dumps({**cfg.to_json(), "framework": framework, "classes": split.classes}, indent=2)
+    )
+    return RunContext(cfg, out_dir, data, split, history)
+
+
+def record_epoch(ctx: RunContext, row: dict[str, Any]) -> None:
+    ctx.history.append(row)
+    _write_json(ctx.out_dir / "history.json", ctx.history)
+    plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
+
+
+def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict[str, Any]) -> dict[str, Any]:
+    """Write ``metrics.json`` and ``confusion.png`` for the best model on the test split."""
+    report = {**classification_report(labels, preds, ctx.classes), **extra}
+    _write_json(ctx.out_dir / "metrics.json", report)
+    plot_confusion(
+        report["confusion_matrix"],
+        ctx.classes,
+        ctx.out_dir / "confusion.png",
+        title=f"{ctx.cfg.model}: test accuracy {report['accuracy']:.1%}",
+    )
+    return report
+
+
+def is_finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

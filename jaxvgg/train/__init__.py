@@ -1,0 +1,1 @@
+"""Training: optimizers and schedules, the state pytree, pure steps, checkpoints, the epoch loop."""

@@ -1,0 +1,266 @@
+"""The epoch loop: train, validate, keep the best model, stop early, resume, survive Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import jaxvgg
+from jaxvgg.config import TrainConfig
+from jaxvgg.data import Loader, Pipeline
+from jaxvgg.errors import UserError
+from jaxvgg.models.specs import get_spec
+from jaxvgg.run import RunContext, finish_run, is_finite, prepare_run, record_epoch
+from jaxvgg.train import checkpoint
+from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
+from jaxvgg.train.state import TrainState, create_train_state
+from jaxvgg.train.steps import compile_steps
+
+LAST, BEST = "last.msgpack", "best.msgpack"
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class _StepLimit(Exception):
+    pass
+
+
+def model_options(cfg: TrainConfig) -> dict[str, Any]:
+    return {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+
+
+def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> TrainState:
+    model = jaxvgg.create_model(cfg.model, num_classes, **model_options(cfg))
+    variables = jaxvgg.init_variables(model, cfg.image_size, cfg.seed)
+    schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
+    tx = make_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
+    return create_train_state(model, variables, tx, cfg.seed)
+
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
+
+
+def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
+    cfg = ctx.cfg
+    return {
+        "framework": "jax",
+        "model": cfg.model,
+        "num_classes": len(ctx.classes),
+        "classes": ctx.classes,
+        "image_size": cfg.image_size,
+        **progress,
+    }
+
+
+def save_state(path: Path, ctx: RunContext, state: TrainState, **progress: Any) -> None:
+    checkpoint.save(path, _state_tree(state), _meta(ctx, **progress))
+
+
+def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, dict[str, Any]]:
+    meta, raw = checkpoint.read(path)
+    if meta.get("model") != model:
+        raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
+    tree = checkpoint.restore(_state_tree(state), raw, path, model)
+    return state.replace(**tree), meta
+
+
+def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(Flax model, variables, meta) of a JAX run folder's best (or last) checkpoint."""
+    path = Path(run_dir) / which
+    meta, raw = checkpoint.read(path)
+    if meta.get("framework", "jax") != "jax":
+        raise UserError(f"{path}: not a JAX checkpoint")
+    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    model = jaxvgg.create_model(meta["model"], meta["num_classes"], **options)
+    from jaxvgg.models import variable_shapes
+
+    template = {k: v for k, v in variable_shapes(model, meta["image_size"]).items()}
+    template.setdefault("batch_stats", {})
+    tree = checkpoint.restore(
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
+        {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})},
+        path,
+        meta["model"],
+    )
+    variables = {k: v for k, v in tree.items() if v}
+    return model, variables, meta
+
+
+def evaluate(state: TrainState, loader: Loader, eval_step, desc: str = "eval") -> dict[str, Any]:
+    loss = correct = count = 0.0
+    labels, preds = [], []
+    for batch in tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch"):
+        m = eval_step(state, batch.as_dict())
+        keep = batch.weight > 0
+        loss += float(m["loss_sum"])
+        correct += float(m["correct"])
+        count += float(m["count"])
+        labels += batch.label[keep].tolist()
+        preds += np.asarray(m["logits"]).argmax(-1)[keep].tolist()
+    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "labels": labels, "preds": preds}
+
+
+def fit(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Train as configured; returns the test-split report of the best model (None if stopped mid-epoch)."""
+    ctx = prepare_run(cfg, "jax")
+    cfg = ctx.cfg
+    root = ctx.data.root
+    train = Loader(
+        root,
+        ctx.split.samples("train"),
+        Pipeline(cfg.image_size, cfg.augment),
+        cfg.batch_size,
+        train=True,
+        seed=cfg.seed,
+        workers=cfg.workers,
+    )
+    val = Loader(
+        root,
+        ctx.split.samples(ctx.val_subset),
+        Pipeline(cfg.image_size),
+        cfg.batch_size,
+        train=False,
+        workers=cfg.workers,
+    )
+    state = build_state(cfg, len(ctx.classes), len(train))
+    start_epoch, start_batch, best_acc, bad_epochs = 0, 0, -1.0, 0
+    if cfg.resume:
+        state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
+        start_epoch, start_batch = meta["epoch"], meta["batch"]
+        best_acc, bad_epochs = meta["best_acc"], meta["bad_epochs"]
+        ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
+        print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
+    train_step, eval_step = compile_steps()
+    n_params = jaxvgg.count_params(state.variables)
+    print(
+        f"{cfg.model}: {n_params:,} parameters, {len(train)} batches of {cfg.batch_size} per epoch, "
+        f"{len(ctx.split.subsets['train'])} train / {len(val.samples)} {ctx.val_subset} images, "
+        f"device {jax.devices()[0].platform}"
+    )
+    first_step_s = None
+    t_start = time.perf_counter()
+    stopped = "finished"
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
+        t0 = time.perf_counter()
+        loss_sum = correct = count = 0.0
+        batch_idx = start_batch if epoch == start_epoch else 0
+        bar = tqdm(
+            train.epoch(epoch, batch_idx),
+            total=len(train),
+            initial=batch_idx,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        try:
+            for batch in bar:
+                state, m = train_step(state, batch.as_dict())
+                batch_loss = float(m["loss_sum"])
+                if first_step_s is None:
+                    first_step_s = time.perf_counter() - t_start
+                if not is_finite(batch_loss):
+                    raise NonFiniteLoss(f"the training loss became {batch_loss} at epoch {epoch + 1}, batch "
+                                        f"{batch_idx + 1}; stopped. The last good checkpoint is {ctx.out_dir / LAST} "
+                                        "(try a lower --lr)")
+                loss_sum += batch_loss
+                correct += float(m["correct"])
+                count += float(m["count"])
+                batch_idx += 1
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}",
+                                img_s=f"{count / elapsed:.0f}")
+                if cfg.max_steps is not None and int(state.step) >= cfg.max_steps and batch_idx < len(train):
+                    raise _StepLimit
+        except (KeyboardInterrupt, _StepLimit) as stop:
+            bar.close()
+            save_state(ctx.out_dir / LAST, ctx, state, epoch=epoch, batch=batch_idx, best_acc=best_acc,
+                       bad_epochs=bad_epochs)
+            if isinstance(stop, KeyboardInterrupt):
+                print(f"\ninterrupted: saved {ctx.out_dir / LAST}; continue with --resume {ctx.out_dir}")
+                raise
+            print(f"stopped after --max-steps {cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
+            return None
+        bar.close()
+        train_s = time.perf_counter() - t0
+        ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}")
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "seconds": time.perf_counter() - t0,
+            "train_images_per_s": count / train_s,
+        }
+        improved = ev["acc"] > best_acc
+        if improved:
+            best_acc, bad_epochs = ev["acc"], 0
+            checkpoint.save(ctx.out_dir / BEST, state.variables, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
+        else:
+            bad_epochs += 1
+        record_epoch(ctx, row)
+        save_state(ctx.out_dir / LAST, ctx, state, epoch=epoch + 1, batch=0, best_acc=best_acc, bad_epochs=bad_epochs)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
+            f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
+            f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
+        )
+        if bad_epochs >= cfg.patience:
+            stopped = f"early stopping: no better {ctx.val_subset} accuracy for {cfg.patience} epochs"
+            print(stopped)
+            break
+        if cfg.max_steps is not None and int(state.step) >= cfg.max_steps:
+            stopped = f"stopped after --max-steps {cfg.max_steps}"
+            break
+    return test_best(ctx, state, eval_step, stopped, first_step_s)
+
+
+def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first_step_s: float | None) -> dict:
+    cfg = ctx.cfg
+    _, variables, meta = load_variables(ctx.out_dir)
+    state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    test = Loader(
+        ctx.data.root,
+        ctx.split.samples("test"),
+        Pipeline(cfg.image_size),
+        cfg.batch_size,
+        train=False,
+        workers=cfg.workers,
+    )
+    ev = evaluate(state, test, eval_step, desc="test")
+    report = finish_run(
+        ctx,
+        ev["labels"],
+        ev["preds"],
+        {
+            "loss": ev["loss"],
+            "best_epoch": meta["epoch"],
+            "stopped": stopped,
+            "framework": "jax",
+            "model": cfg.model,
+            "time_to_first_step_s": first_step_s,
+        },
+    )
+    print(
+        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
+        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
+    )
+    return report
+
+

@@ -1,0 +1,163 @@
+"""Training: optimizer semantics, schedules, the loop end to end, resume, and user errors (no torch)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import one_line_error, run_script
+from PIL import Image
+
+from jaxvgg.config import TrainConfig
+from jaxvgg.errors import UserError
+from jaxvgg.train import checkpoint
+from jaxvgg.train import loop as loop_module
+from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
+
+
+def one_step(name, p, g, lr=0.1, wd=0.01):
+    tx = make_optimizer(name, lr, wd)
+    updates, _ = tx.update(g, tx.init(p), p)
+    return optax.apply_updates(p, updates)
+
+
+def test_adam_decay_is_coupled_and_adamw_decoupled():
+    p, g = jnp.array([1.0, -2.0, 3.0]), jnp.array([0.5, 0.1, -0.2])
+    lr, wd, eps = 0.1, 0.01, 1e-8
+    coupled = g + wd * p  # torch Adam: L2 enters the moments; the first step is g'/(|g'| + eps)
+    np.testing.assert_allclose(one_step("adam", p, g), p - lr * coupled / (jnp.abs(coupled) + eps), rtol=1e-6)
+    np.testing.assert_allclose(one_step("adamw", p, g), p - lr * (g / (jnp.abs(g) + eps) + wd * p), rtol=1e-6)
+    np.testing.assert_allclose(one_step("sgd", p, g), p - lr * (g + wd * p), rtol=1e-6)
+
+
+def test_schedules_step_per_epoch_like_torch():
+    spe = 5
+    cosine = make_schedule("cosine", 0.1, 10, spe)
+    for epoch in range(10):
+        for step in (epoch * spe, epoch * spe + spe - 1):
+            assert float(cosine(step)) == pytest.approx(epoch_lr("cosine", 0.1, epoch, 10), rel=1e-6)
+    assert epoch_lr("cosine", 0.1, 5, 10) == pytest.approx(0.05)
+    step = make_schedule("step", 0.1, 100, spe, step_size=3, gamma=0.5)
+    assert [round(float(step(e * spe)), 6) for e in range(7)] == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025]
+    with pytest.raises(UserError, match="--schedule 'linear'"):
+        make_schedule("linear", 0.1, 10, spe)
+
+
+def tiny_config(data, out, **kw):
+    base = dict(model="student_cnn", data_dir=str(data), image_size=32, batch_size=8, epochs=3, lr=1e-3,
+                out_dir=str(out), workers=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def params_of(run_dir):
+    meta, state = checkpoint.read(run_dir / "last.msgpack")
+    return meta, jax.tree.leaves(state)
+
+
+def test_training_end_to_end_writes_every_output(tiny_data, tmp_path):
+    report = loop_module.fit(tiny_config(tiny_data, tmp_path / "run"))
+    run = tmp_path / "run"
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"], "the loss falls"
+    assert history[1]["lr"] == pytest.approx(epoch_lr("cosine", 1e-3, 1, 3))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == report
+    assert set(metrics["per_class"]) == {"Early_blight", "Late_blight", "healthy"}
+    assert np.sum(metrics["confusion_matrix"]) == 15 and 0 <= metrics["macro_f1"] <= 1
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 57 and len(split["test"]) == 15
+    assert json.loads((run / "config.json").read_text())["model"] == "student_cnn"
+    for png in ("curves.png", "confusion.png"):
+        assert Image.open(run / png).size[0] > 300
+    for ckpt in ("best.msgpack", "last.msgpack"):
+        meta, _ = checkpoint.read(run / ckpt)
+        assert meta["model"] == "student_cnn"
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    loop_module.fit(tiny_config(tiny_data, tmp_path / "whole", epochs=2))
+    stopped = loop_module.fit(tiny_config(tiny_data, tmp_path / "parts", epochs=2, max_steps=10))
+    assert stopped is None
+    meta, _ = params_of(tmp_path / "parts")
+    assert (meta["epoch"], meta["batch"]) == (1, 3)  # 7 batches per epoch: stopped in the second
+    loop_module.fit(tiny_config(tiny_data, tmp_path / "ignored", resume=str(tmp_path / "parts")))
+    _, whole = params_of(tmp_path / "whole")
+    _, parts = params_of(tmp_path / "parts")
+    assert len(whole) == len(parts)
+    for a, b in zip(whole, parts, strict=True):
+        assert np.array_equal(a, b), "resumed training must be bit-identical"
+    h1 = json.loads((tmp_path / "whole" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "parts" / "history.json").read_text())
+    assert [h["val_acc"] for h in h1] == [h["val_acc"] for h in h2]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real = loop_module.compile_steps
+
+    def poisoned():
+        train_step, eval_step = real()
+
+        def step(state, batch):
+            state, m = train_step(state, batch)
+            bad = jnp.where(state.step > 9, jnp.nan, m["loss_sum"])  # second epoch
+            return state, {**m, "loss_sum": bad}
+
+        return step, eval_step
+
+    monkeypatch.setattr(loop_module, "compile_steps", poisoned)
+    with pytest.raises(loop_module.NonFiniteLoss, match="loss became nan at epoch 2"):
+        loop_module.fit(tiny_config(tiny_data, tmp_path / "run"))
+    meta, _ = params_of(tmp_path / "run")
+    assert meta["epoch"] == 1 and all(np.isfinite(x).all() for x in params_of(tmp_path / "run")[1])
+
+
+@pytest.mark.slow
+def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    out = run_script("train_jax.py", "--data-dir", str(tiny_data), "--image-size", "32", "--batch-size", "8",
+                     "--epochs", "2", "--out-dir", str(run), "--workers", "2").stdout
+    assert "best model (epoch" in out and "epoch 2/2" in out
+    single = run_script("predict.py", str(tiny_data / "healthy" / "healthy_00000.jpg"), "--run", str(run)).stdout
+    assert single.splitlines()[0].endswith(("Early_blight", "Late_blight", "healthy"))
+    assert len(single.splitlines()) == 4
+    table = run_script("predict.py", str(tiny_data / "healthy"), "--run", str(run)).stdout
+    assert len(table.splitlines()) == 2 + 24
+    evaluated = run_script("evaluate.py", "--run", str(run)).stdout
+    accuracy = json.loads((run / "metrics.json").read_text())["accuracy"]
+    assert f"accuracy {accuracy:.2%}" in evaluated
+
+    # Bad input: one line, exit status 2, and nothing lost.
+    msg = one_line_error(run_script("train_jax.py", "--resume", str(run), "--model", "vgg16_gap", check=False))
+    assert "trained student_cnn, not vgg16_gap" in msg
+    assert (run / "best.msgpack").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data-dir", "/nonexistent/potatoes"], "data directory does not exist"),
+        (["--model", "vgg17"], "--model 'vgg17': choose one of"),
+        (["--optimizer", "rmsprop"], "--optimizer 'rmsprop'"),
+        (["--batch-size", "500"], "fewer than --batch-size 500"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, args, expected):
+    base = ["--data-dir", str(tiny_data), "--image-size", "32", "--out-dir", str(tmp_path / "r")]
+    assert expected in one_line_error(run_script("train_jax.py", *base, *args, check=False))
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
+    loop_module.fit(tiny_config(tiny_data, tmp_path / "run", epochs=1))
+    state = loop_module.build_state(tiny_config(tiny_data, tmp_path / "x", model="student_cnn", image_size=64), 3, 7)
+    with pytest.raises(UserError, match="does not fit student_cnn"):
+        loop_module.load_state(tmp_path / "run" / "last.msgpack", state, "student_cnn")
+    with pytest.raises(UserError, match="checkpoint is for student_cnn, not vgg16_gap"):
+        loop_module.load_state(tmp_path / "run" / "last.msgpack", state, "vgg16_gap")
+    (tmp_path / "junk.msgpack").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="not a jaxvgg checkpoint or damaged"):
+        checkpoint.read(tmp_path / "junk.msgpack")
