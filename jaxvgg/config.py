@@ -20,7 +20,7 @@ class TrainConfig:
     data_dir: str | None = None  # None: the built-in synthetic dataset
     image_size: int = 64
     batch_size: int = 32
-    epochs: int = 8
+    epochs: int = 6
     lr: float = 1e-3
     weight_decay: float = 1e-5
     optimizer: str = "adam"

@@ -50,3 +50,23 @@ def plot_confusion(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_compare(histories: dict[str, Sequence[dict]], path: str | os.PathLike, title: str = "") -> None:
+    """Accuracy and loss curves of several runs overlaid (solid: training, dashed: validation)."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = [h["epoch"] for h in history]
+        for ax, key in ((acc, "acc"), (loss, "loss")):
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], "-o", color=colour, ms=3, label=f"{name} train")
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], "--s", color=colour, ms=3, label=f"{name} val")
+    for ax, label in ((acc, "Accuracy"), (loss, "Loss")):
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or "JAX vs PyTorch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,11 @@ def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict
         title=f"{ctx.cfg.model}: test accuracy {report['accuracy']:.1%}",
     )
     return report
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def is_finite(x: float) -> bool:

@@ -11,5 +11,6 @@ def tiny_data(tmp_path_factory):
     """A small built-in dataset at 64 px: 24 images per class."""
     from jaxvgg.data.synthetic import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("data") / "potato", seed=3, counts=(24, 24, 24), size=64,
-                        progress=False)
+    return make_dataset(
+        tmp_path_factory.mktemp("data") / "potato", seed=3, counts=(24, 24, 24), size=64, progress=False
+    )

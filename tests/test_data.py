@@ -62,8 +62,14 @@ def write_bad_files(root):
 def test_bad_files_are_listed_with_a_reason_and_skipped(tmp_path):
     write_bad_files(tmp_path)
     data = scan_image_folder(tmp_path)
-    assert [p for p, _ in data.samples] == ["a/ok.JPG", "b/cmyk.jpg", "b/deep.png", "b/gray.png",
-                                            "b/palette.png", "b/rgba.png"]
+    assert [p for p, _ in data.samples] == [
+        "a/ok.JPG",
+        "b/cmyk.jpg",
+        "b/deep.png",
+        "b/gray.png",
+        "b/palette.png",
+        "b/rgba.png",
+    ]
     reasons = dict(data.skipped)
     assert reasons["a/empty.jpg"] == "empty file"
     assert reasons["a/text.png"] == "not an image PIL can read"
@@ -141,7 +147,7 @@ def test_random_resized_crop_box_stays_inside():
     rng = np.random.default_rng(0)
     for _ in range(200):
         top, left, h, w = random_resized_crop_box(256, 200, rng)
-        assert 0 <= top and top + h <= 200 and 0 <= left and left + w <= 256 and h > 0 and w > 0
+        assert top >= 0 and top + h <= 200 and left >= 0 and left + w <= 256 and h > 0 and w > 0
 
 
 def test_loader_is_deterministic_resumable_and_pads_eval_batches(tiny_data):

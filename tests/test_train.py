@@ -46,8 +46,16 @@ def test_schedules_step_per_epoch_like_torch():
 
 
 def tiny_config(data, out, **kw):
-    base = dict(model="student_cnn", data_dir=str(data), image_size=32, batch_size=8, epochs=3, lr=1e-3,
-                out_dir=str(out), workers=2)
+    base = dict(
+        model="student_cnn",
+        data_dir=str(data),
+        image_size=32,
+        batch_size=8,
+        epochs=3,
+        lr=1e-3,
+        out_dir=str(out),
+        workers=2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -117,8 +125,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
 @pytest.mark.slow
 def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     run = tmp_path / "run"
-    out = run_script("train_jax.py", "--data-dir", str(tiny_data), "--image-size", "32", "--batch-size", "8",
-                     "--epochs", "2", "--out-dir", str(run), "--workers", "2").stdout
+    out = run_script(
+        "train_jax.py",
+        "--data-dir",
+        str(tiny_data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--out-dir",
+        str(run),
+        "--workers",
+        "2",
+    ).stdout
     assert "best model (epoch" in out and "epoch 2/2" in out
     single = run_script("predict.py", str(tiny_data / "healthy" / "healthy_00000.jpg"), "--run", str(run)).stdout
     assert single.splitlines()[0].endswith(("Early_blight", "Late_blight", "healthy"))

@@ -15,7 +15,7 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
-from jaxvgg.run import RunContext, finish_run, is_finite, prepare_run, record_epoch
+from jaxvgg.run import RunContext, finish_run, is_finite, peak_rss_mb, prepare_run, record_epoch
 from jaxvgg.train import checkpoint
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
@@ -103,6 +103,7 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
 def evaluate(state: TrainState, loader: Loader, eval_step, desc: str = "eval") -> dict[str, Any]:
     loss = correct = count = 0.0
     labels, preds = [], []
+    t0 = time.perf_counter()
     for batch in tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch"):
         m = eval_step(state, batch.as_dict())
         keep = batch.weight > 0
@@ -111,7 +112,13 @@ def evaluate(state: TrainState, loader: Loader, eval_step, desc: str = "eval") -
         count += float(m["count"])
         labels += batch.label[keep].tolist()
         preds += np.asarray(m["logits"]).argmax(-1)[keep].tolist()
-    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "labels": labels, "preds": preds}
+    return {
+        "loss": loss / max(count, 1),
+        "acc": correct / max(count, 1),
+        "labels": labels,
+        "preds": preds,
+        "images_per_s": count / (time.perf_counter() - t0),
+    }
 
 
 def fit(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -174,22 +181,26 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
                 if not is_finite(batch_loss):
-                    raise NonFiniteLoss(f"the training loss became {batch_loss} at epoch {epoch + 1}, batch "
-                                        f"{batch_idx + 1}; stopped. The last good checkpoint is {ctx.out_dir / LAST} "
-                                        "(try a lower --lr)")
+                    raise NonFiniteLoss(
+                        f"the training loss became {batch_loss} at epoch {epoch + 1}, batch "
+                        f"{batch_idx + 1}; stopped. The last good checkpoint is {ctx.out_dir / LAST} "
+                        "(try a lower --lr)"
+                    )
                 loss_sum += batch_loss
                 correct += float(m["correct"])
                 count += float(m["count"])
                 batch_idx += 1
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}",
-                                img_s=f"{count / elapsed:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}", img_s=f"{count / elapsed:.0f}"
+                )
                 if cfg.max_steps is not None and int(state.step) >= cfg.max_steps and batch_idx < len(train):
                     raise _StepLimit
         except (KeyboardInterrupt, _StepLimit) as stop:
             bar.close()
-            save_state(ctx.out_dir / LAST, ctx, state, epoch=epoch, batch=batch_idx, best_acc=best_acc,
-                       bad_epochs=bad_epochs)
+            save_state(
+                ctx.out_dir / LAST, ctx, state, epoch=epoch, batch=batch_idx, best_acc=best_acc, bad_epochs=bad_epochs
+            )
             if isinstance(stop, KeyboardInterrupt):
                 print(f"\ninterrupted: saved {ctx.out_dir / LAST}; continue with --resume {ctx.out_dir}")
                 raise
@@ -255,6 +266,10 @@ def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first
             "framework": "jax",
             "model": cfg.model,
             "time_to_first_step_s": first_step_s,
+            "device": jax.devices()[0].platform,
+            "eval_images_per_s": ev["images_per_s"],
+            "peak_rss_mb": peak_rss_mb(),
+            "parameters": jaxvgg.count_params(variables),
         },
     )
     print(
@@ -262,5 +277,3 @@ def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first
         f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
     )
     return report
-
-

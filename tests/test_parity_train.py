@@ -1,0 +1,179 @@
+"""Training-level parity, JAX vs PyTorch on CPU in fp32: gradients, schedules, optimizer steps,
+ten training steps, preprocessing and train-mode BatchNorm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jaxvgg  # noqa: E402
+import torchref  # noqa: E402
+from jaxvgg.config import TrainConfig  # noqa: E402
+from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
+from jaxvgg.data import Pipeline, load_rgb, scan_image_folder  # noqa: E402
+from jaxvgg.data.transforms import normalize  # noqa: E402
+from jaxvgg.models.layers import BatchNorm2d  # noqa: E402
+from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule  # noqa: E402
+from jaxvgg.train.state import create_train_state  # noqa: E402
+from jaxvgg.train.steps import compile_steps, cross_entropy  # noqa: E402
+from torchref.data import eval_transform  # noqa: E402
+from torchref.train import make_optimizer as torch_optimizer  # noqa: E402
+from torchref.train import make_scheduler  # noqa: E402
+
+pytestmark = pytest.mark.parity
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def torch_and_flax(name, size, seed=0):
+    torch.manual_seed(seed)
+    model = torchref.create_model(name, 3, image_size=size) if name == "student_cnn" else torchref.create_model(name)
+    opts = {"image_size": size} if name == "student_cnn" else {}
+    return model, jaxvgg.create_model(name, 3, **opts), torch_to_flax(name, model.state_dict(), **opts), opts
+
+
+@pytest.mark.parametrize("name", ["student_cnn", "vgg16_gap"])
+def test_gradients_agree(name):
+    size = 32
+    x = np.random.RandomState(0).randn(4, 3, size, size).astype(np.float32)
+    model, flax_model, variables, opts = torch_and_flax(name, size)
+    y = np.array([0, 1, 2, 1])
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    expected = {k: p.grad.numpy() for k, p in model.named_parameters()}
+
+    def loss_fn(params):
+        logits = flax_model.apply({"params": params}, x.transpose(0, 2, 3, 1), train=True)
+        return cross_entropy(logits, jnp.asarray(y), jnp.ones(4))[0]
+
+    jax_loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+    assert float(jax_loss) == pytest.approx(loss.item(), rel=1e-5)
+    got = flax_to_torch(name, {"params": grads}, **opts)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert rel_err(got[key], expected[key]) <= 1e-4, key
+
+
+@pytest.mark.parametrize(("schedule", "kw"), [("cosine", {}), ("step", {"step_size": 3, "gamma": 0.5})])
+def test_learning_rate_of_every_step_matches_torch_schedulers(schedule, kw):
+    epochs, spe, base = 12, 4, 0.01
+    cfg = TrainConfig(schedule=schedule, epochs=epochs, lr=base, **kw)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = make_scheduler(cfg, opt)
+    ours = make_schedule(schedule, base, epochs, spe, **kw)
+    for epoch in range(epochs):
+        torch_lr = opt.param_groups[0]["lr"]
+        assert epoch_lr(schedule, base, epoch, epochs, **kw) == pytest.approx(torch_lr, rel=1e-6, abs=1e-12)
+        for step in range(epoch * spe, (epoch + 1) * spe):
+            assert float(ours(step)) == pytest.approx(torch_lr, rel=1e-5, abs=1e-9)
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_steps_agree(name):
+    rng = np.random.RandomState(1)
+    params = {"w": rng.randn(6, 5).astype(np.float32), "b": rng.randn(5).astype(np.float32)}
+    grads = [{k: rng.randn(*v.shape).astype(np.float32) for k, v in params.items()} for _ in range(3)]
+    cfg = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.1, momentum=0.9)
+    torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+    opt = torch_optimizer(cfg, list(torch_params.values()))
+    tx = make_optimizer(name, cfg.lr, cfg.weight_decay, cfg.momentum)
+    jp = jax.tree.map(jnp.asarray, params)
+    state = tx.init(jp)
+    for g in grads:
+        for k, p in torch_params.items():
+            p.grad = torch.from_numpy(g[k])
+        opt.step()
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, jp)
+        jp = optax.apply_updates(jp, updates)
+    for k, p in torch_params.items():
+        np.testing.assert_allclose(np.asarray(jp[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ten_training_steps_end_with_the_same_parameters():
+    size, bs, spe, epochs = 32, 8, 5, 2
+    model, flax_model, variables, opts = torch_and_flax("student_cnn", size, seed=3)
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=1e-5, epochs=epochs, schedule="cosine")
+    opt = torch_optimizer(cfg, model.parameters())
+    sched = make_scheduler(cfg, opt)
+    tx = make_optimizer("adam", make_schedule("cosine", cfg.lr, epochs, spe), cfg.weight_decay)
+    state = create_train_state(flax_model, variables, tx)
+    train_step, _ = compile_steps()
+    rng = np.random.RandomState(4)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    model.train()
+    for step in range(spe * epochs):
+        images = rng.randint(0, 256, (bs, size, size, 3)).astype(np.uint8)
+        labels = rng.randint(0, 3, bs).astype(np.int32)
+        state, _ = train_step(state, {"image": images, "label": labels, "weight": np.ones(bs, np.float32)})
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels).long()).backward()
+        opt.step()
+        if (step + 1) % spe == 0:
+            sched.step()
+    got = flax_to_torch("student_cnn", {"params": state.params}, **opts)
+    for key, value in model.state_dict().items():
+        assert rel_err(got[key], value.numpy()) <= 1e-4, key
+
+
+def test_eval_preprocessing_matches_torchvision(tiny_data, tmp_path):
+    from PIL import Image
+
+    data = scan_image_folder(tiny_data)
+    odd = tmp_path / "odd.jpg"
+    Image.open(tiny_data / data.samples[0][0]).resize((300, 171)).save(odd, quality=90)
+    for path in (tiny_data / data.samples[0][0], odd):
+        img = load_rgb(path)
+        for size in (224, 32):
+            ours = Pipeline(size)(img)
+            theirs = eval_transform(size)(img)
+            tensor = (
+                (
+                    theirs * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+                    + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+                )
+                .permute(1, 2, 0)
+                .numpy()
+            )
+            assert ours.shape == tensor.shape
+            assert np.abs(ours / 255.0 - tensor).max() <= 1 / 255
+            np.testing.assert_allclose(np.asarray(normalize(ours[None]))[0], theirs.permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_train_mode_batchnorm_matches_torch_including_unbiased_running_var():
+    rng = np.random.RandomState(5)
+    x = (rng.randn(4, 6, 5, 3) * 2 + 1).astype(np.float32)  # NHWC, 3 channels
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    bn.train()
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+    yt = bn(xt)
+    (yt**2).sum().backward()
+    variables = {
+        "params": {"scale": jnp.array([0.5, 1.5, 2.0]), "bias": jnp.array([0.1, -0.2, 0.3])},
+        "batch_stats": {"mean": jnp.zeros(3), "var": jnp.ones(3)},
+    }
+
+    def f(xj):
+        y, upd = BatchNorm2d().apply(variables, xj, train=True, mutable=["batch_stats"])
+        return (y**2).sum(), (y, upd)
+
+    (_, (y, upd)), gx = jax.value_and_grad(f, has_aux=True)(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), yt.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(upd["batch_stats"]["mean"]), bn.running_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(upd["batch_stats"]["var"]), bn.running_var.numpy(), rtol=1e-6)

@@ -1,0 +1,79 @@
+"""torchref training, its run folder, and the cross-framework tools (needs torch)."""
+
+import json
+
+import pytest
+from helpers import one_line_error, run_script
+
+torch = pytest.importorskip("torch")
+
+from jaxvgg.config import TrainConfig  # noqa: E402
+from torchref.device import pick_device  # noqa: E402
+from torchref.train import fit  # noqa: E402
+
+RUN_FILES = ("config.json", "split.json", "history.json", "metrics.json", "curves.png", "confusion.png")
+
+
+def test_device_choice_falls_back_to_cpu_and_refuses_missing_devices():
+    expected = "mps" if torch.backends.mps.is_available() else "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device().type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="not available on this machine"):
+            pick_device("cuda")
+
+
+def test_torch_run_writes_the_same_outputs_and_resumes(tiny_data, tmp_path):
+    cfg = TrainConfig(
+        model="student_cnn",
+        data_dir=str(tiny_data),
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        out_dir=str(tmp_path / "run"),
+        max_steps=9,
+    )
+    assert fit(cfg, "cpu") is None  # stopped mid-epoch 2
+    report = fit(TrainConfig(resume=str(tmp_path / "run"), workers=0), "cpu")
+    run = tmp_path / "run"
+    for name in RUN_FILES:
+        assert (run / name).exists(), name
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert report["framework"] == "torch" and report["parameters"] > 0
+    assert json.loads((run / "config.json").read_text())["framework"] == "torch"
+
+
+@pytest.mark.slow
+def test_compare_same_split_both_frameworks_then_predict_and_evaluate_each(tiny_data, tmp_path):
+    out = tmp_path / "cmp"
+    run_script(
+        "compare.py",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(tiny_data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "2",
+    )
+    report = (out / "compare.md").read_text()
+    assert "| test accuracy |" in report and "Training throughput ratio JAX/PyTorch" in report
+    assert (out / "compare.png").stat().st_size > 10_000
+    jax_split = json.loads((out / "jax" / "split.json").read_text())
+    torch_split = json.loads((out / "torch" / "split.json").read_text())
+    assert {k: jax_split[k] for k in ("train", "val", "test")} == {k: torch_split[k] for k in ("train", "val", "test")}
+    for side in ("jax", "torch"):
+        for name in RUN_FILES:
+            assert (out / side / name).exists(), (side, name)
+        table = run_script("predict.py", str(tiny_data / "healthy"), "--run", str(out / side)).stdout
+        assert len(table.splitlines()) == 26
+        evaluated = run_script("evaluate.py", "--run", str(out / side)).stdout
+        assert f"accuracy {json.loads((out / side / 'metrics.json').read_text())['accuracy']:.2%}" in evaluated
+    msg = one_line_error(run_script("compare.py", "--out", str(out), "--out-dir", "x", check=False))
+    assert "sets --out-dir and --split-file itself" in msg

@@ -1,0 +1,283 @@
+"""The tutorial's training and test loops in PyTorch, writing the same run folder as jaxvgg."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import torchref
+from jaxvgg.config import TrainConfig
+from jaxvgg.errors import UserError
+from jaxvgg.models.specs import get_spec
+from jaxvgg.run import RunContext, finish_run, peak_rss_mb, prepare_run, record_epoch
+from torchref.data import eval_transform, make_loader, train_transform
+from torchref.device import pick_device
+
+LAST, BEST = "last.pth", "best.pth"
+
+
+def model_options(cfg: TrainConfig) -> dict[str, Any]:
+    return {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
+    return {
+        "framework": "torch",
+        "model": ctx.cfg.model,
+        "num_classes": len(ctx.classes),
+        "classes": ctx.classes,
+        "image_size": ctx.cfg.image_size,
+        **progress,
+    }
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    path = Path(run_dir) / which
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint does not exist")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    meta = ckpt["meta"]
+    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    model = torchref.create_model(meta["model"], meta["num_classes"], **options)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: checkpoint does not fit {meta['model']}: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), meta
+
+
+def evaluate(model: nn.Module, loader, device, criterion, desc: str = "eval") -> dict[str, Any]:
+    model.eval()
+    loss = correct = count = 0.0
+    labels, preds = [], []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss += criterion(out, y).item() * len(y)
+            pred = out.argmax(1)
+            correct += (pred == y).sum().item()
+            count += len(y)
+            labels += y.tolist()
+            preds += pred.tolist()
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": loss / max(count, 1),
+        "acc": correct / max(count, 1),
+        "labels": labels,
+        "preds": preds,
+        "images_per_s": count / seconds,
+    }
+
+
+def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
+    ctx = prepare_run(cfg, "torch")
+    cfg = ctx.cfg
+    dev = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    workers = min(cfg.workers or 2, 4)
+    root = ctx.data.root
+    train = make_loader(
+        root,
+        ctx.split.subsets["train"],
+        train_transform(cfg.image_size, cfg.augment),
+        cfg.batch_size,
+        True,
+        cfg.seed,
+        workers,
+    )
+    val = make_loader(
+        root,
+        ctx.split.subsets[ctx.val_subset],
+        eval_transform(cfg.image_size),
+        cfg.batch_size,
+        False,
+        cfg.seed,
+        workers,
+    )
+    model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg)).to(dev)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
+    criterion = nn.CrossEntropyLoss()
+    start_epoch, start_batch, best_acc, bad_epochs, step = 0, 0, -1.0, 0, 0
+    if cfg.resume:
+        ckpt = torch.load(ctx.out_dir / LAST, map_location=dev, weights_only=False)
+        if ckpt["meta"]["model"] != cfg.model:
+            raise UserError(f"{ctx.out_dir / LAST}: checkpoint is for {ckpt['meta']['model']}, not {cfg.model}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        meta = ckpt["meta"]
+        start_epoch, start_batch, best_acc, bad_epochs, step = (
+            meta["epoch"],
+            meta["batch"],
+            meta["best_acc"],
+            meta["bad_epochs"],
+            meta["step"],
+        )
+        ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
+        print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(
+        f"{cfg.model}: {n_params:,} parameters, {len(train)} batches of {cfg.batch_size} per epoch, "
+        f"{len(ctx.split.subsets['train'])} train / {len(val.dataset)} {ctx.val_subset} images, device {dev}"
+    )
+
+    def save_last(epoch: int, batch: int) -> None:
+        _save(
+            ctx.out_dir / LAST,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "meta": _meta(ctx, epoch=epoch, batch=batch, best_acc=best_acc, bad_epochs=bad_epochs, step=step),
+            },
+        )
+
+    first_step_s, t_start, stopped = None, time.perf_counter(), "finished"
+    for epoch in range(start_epoch, cfg.epochs):
+        batch_idx = start_batch if epoch == start_epoch else 0
+        train.sampler.set_epoch(epoch, batch_idx * cfg.batch_size)
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = correct = count = 0.0
+        bar = tqdm(
+            train,
+            total=len(train),
+            initial=batch_idx,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        try:
+            for x, y in bar:
+                x, y = x.to(dev), y.to(dev)
+                optimizer.zero_grad()
+                out = model(x)
+                loss = criterion(out, y)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                value = loss.item()
+                if first_step_s is None:
+                    first_step_s = time.perf_counter() - t_start
+                if not math.isfinite(value):
+                    raise UserError(
+                        f"the training loss became {value} at epoch {epoch + 1}, batch {batch_idx + 1}; "
+                        f"stopped. The last good checkpoint is {ctx.out_dir / LAST} (try a lower --lr)"
+                    )
+                loss_sum += value * len(y)
+                correct += (out.argmax(1) == y).sum().item()
+                count += len(y)
+                batch_idx += 1
+                bar.set_postfix(
+                    loss=f"{loss_sum / count:.4f}",
+                    acc=f"{correct / count:.3f}",
+                    img_s=f"{count / (time.perf_counter() - t0):.0f}",
+                )
+                if cfg.max_steps is not None and step >= cfg.max_steps and batch_idx < len(train):
+                    raise _StepLimit
+        except (KeyboardInterrupt, _StepLimit) as stop:
+            bar.close()
+            save_last(epoch, batch_idx)
+            if isinstance(stop, KeyboardInterrupt):
+                print(f"\ninterrupted: saved {ctx.out_dir / LAST}; continue with --resume {ctx.out_dir}")
+                raise
+            print(f"stopped after --max-steps {cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
+            return None
+        bar.close()
+        train_s = time.perf_counter() - t0
+        scheduler.step()
+        ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}")
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "seconds": time.perf_counter() - t0,
+            "train_images_per_s": count / train_s,
+        }
+        improved = ev["acc"] > best_acc
+        if improved:
+            best_acc, bad_epochs = ev["acc"], 0
+            _save(
+                ctx.out_dir / BEST, {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)}
+            )
+        else:
+            bad_epochs += 1
+        record_epoch(ctx, row)
+        save_last(epoch + 1, 0)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
+            f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
+            f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
+        )
+        if bad_epochs >= cfg.patience:
+            stopped = f"early stopping: no better {ctx.val_subset} accuracy for {cfg.patience} epochs"
+            print(stopped)
+            break
+    best, meta = load_model(ctx.out_dir, BEST, dev)
+    test = make_loader(
+        root, ctx.split.subsets["test"], eval_transform(cfg.image_size), cfg.batch_size, False, cfg.seed, workers
+    )
+    ev = evaluate(best, test, dev, criterion, desc="test")
+    report = finish_run(
+        ctx,
+        ev["labels"],
+        ev["preds"],
+        {
+            "loss": ev["loss"],
+            "best_epoch": meta["epoch"],
+            "stopped": stopped,
+            "framework": "torch",
+            "model": cfg.model,
+            "device": str(dev),
+            "time_to_first_step_s": first_step_s,
+            "eval_images_per_s": ev["images_per_s"],
+            "peak_rss_mb": peak_rss_mb(),
+            "parameters": n_params,
+        },
+    )
+    print(
+        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
+        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
+    )
+    return report
+
+
+class _StepLimit(Exception):
+    pass
