@@ -148,7 +148,8 @@ def torch_to_flax(
             want = _torch_shape_of(expected[target], target)
             misshaped.append(f"{key}: got {_torch_shape_of(arr, target)}, model wants {want}")
         else:
-            flat[target] = np.ascontiguousarray(arr, dtype=expected[target].dtype)
+            # A copy: torch tensors share memory with .numpy(), and torch updates BatchNorm statistics in place.
+            flat[target] = np.array(arr, dtype=expected[target].dtype, order="C", copy=True)
     missing = [_torch_name(p) for p in expected if p not in flat and not _is_reported(p, misshaped)]
     _raise_mismatch(name, missing, unexpected, misshaped)
     return _nest(flat)

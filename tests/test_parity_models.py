@@ -20,7 +20,7 @@ from torchref.summary import torch_summary  # noqa: E402
 pytestmark = pytest.mark.parity
 
 # Full size where the FC input depends on it; small images elsewhere (the adaptive pool makes them valid).
-SIZES = {"vgg16_manual": 224, "student_cnn": 224}
+SIZES = {"vgg16_manual": 224, "student_cnn": 224, "resnet50": 64}
 TORCHVISION = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
 
 
@@ -130,3 +130,12 @@ def test_adaptive_avg_pool_equals_torch_for_any_size(size):
     expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (7, 7)).numpy()
     got = np.asarray(adaptive_avg_pool2d(x.transpose(0, 2, 3, 1), (7, 7))).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_converted_weights_do_not_alias_torch_tensors():
+    model = torchref.create_model("vgg11_bn", 3).train()
+    variables = torch_to_flax("vgg11_bn", model.state_dict())
+    before = np.array(variables["batch_stats"]["features_1"]["mean"])
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))  # updates running statistics in place
+    np.testing.assert_array_equal(variables["batch_stats"]["features_1"]["mean"], before)

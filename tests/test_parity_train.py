@@ -177,3 +177,23 @@ def test_train_mode_batchnorm_matches_torch_including_unbiased_running_var():
     np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
     np.testing.assert_allclose(np.asarray(upd["batch_stats"]["mean"]), bn.running_mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(upd["batch_stats"]["var"]), bn.running_var.numpy(), rtol=1e-6)
+
+
+def test_resnet50_train_mode_batchnorm_statistics_match_torch():
+    """One train-mode forward: every BatchNorm's running mean and (unbiased) running var as torch's."""
+    torch.manual_seed(6)
+    model = torchref.create_model("resnet50", 3).train()
+    variables = torch_to_flax("resnet50", model.state_dict())
+    x = np.random.RandomState(6).randn(4, 3, 64, 64).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    flax_model = jaxvgg.create_model("resnet50", 3)
+    logits, updates = jax.jit(lambda v, x: flax_model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x.transpose(0, 2, 3, 1)
+    )
+    assert np.abs(np.asarray(logits) - expected).max() <= 1e-4 * np.abs(expected).max()
+    got = flax_to_torch("resnet50", {"params": variables["params"], **updates})
+    stats = [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 2 * 53
+    for key in stats:
+        assert rel_err(got[key], model.state_dict()[key].numpy()) <= 1e-4, key

@@ -182,3 +182,50 @@ def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     (tmp_path / "junk.msgpack").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="not a jaxvgg checkpoint or damaged"):
         checkpoint.read(tmp_path / "junk.msgpack")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_resumable_checkpoint(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT
+
+    run = tmp_path / "run"
+    args = [
+        "--data-dir",
+        str(tiny_data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "50",
+        "--out-dir",
+        str(run),
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train_jax.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run / "history.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # into the second epoch
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: saved" in out and "Traceback" not in err
+    meta, _ = checkpoint.read(run / "last.msgpack")
+    assert meta["epoch"] >= 1
+    resumed = run_script("train_jax.py", "--resume", str(run), "--max-steps", str(14 * 2 + 3)).stdout
+    assert f"resuming {run} at epoch" in resumed

@@ -104,7 +104,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     cfg = ctx.cfg
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    workers = min(cfg.workers or 2, 4)
+    workers = 2 if cfg.workers is None else min(cfg.workers, 4)  # DataLoader processes; 0 loads in-process
     root = ctx.data.root
     train = make_loader(
         root,

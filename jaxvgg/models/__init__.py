@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvgg.models.resnet import ResNet
 from jaxvgg.models.specs import MODELS, get_spec
 from jaxvgg.models.vgg import VGG
 
@@ -33,6 +34,9 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
     if spec.family == "vgg":
         return VGG(spec, num_classes=num_classes, **options)
+    if spec.family == "resnet":
+        options.pop("image_size", None)  # global average pool: any size works
+        return ResNet(num_classes=num_classes, **options)
     raise ValueError(f"model family {spec.family!r} is not available")
 
 

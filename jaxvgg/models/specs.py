@@ -88,6 +88,7 @@ MODELS: dict[str, ModelSpec] = {
         head="slim",
         description="VGG-16 with depthwise-separable convolutions and the slim head",
     ),
+    "resnet50": ModelSpec("resnet", head="gap", description="torchvision ResNet-50 (v1.5: stride on the 3x3 conv)"),
     "student_cnn": ModelSpec(
         "vgg",
         "student",

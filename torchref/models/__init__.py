@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torchvision
 from torch import nn
 
 from jaxvgg.models.specs import MODELS, get_spec
@@ -24,4 +25,6 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
     if spec.family == "vgg":
         return VGG(spec, num_classes=num_classes, **options)
+    if spec.family == "resnet":
+        return torchvision.models.resnet50(weights=None, num_classes=num_classes)
     raise ValueError(f"model family {spec.family!r} is not available")

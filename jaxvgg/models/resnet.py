@@ -1,0 +1,76 @@
+"""ResNet-50 in Flax Linen, torchvision's v1.5 layout (stride on the 3x3 conv).
+
+Layer names and call order follow ``torchvision.models.resnet`` so that weights convert by the
+same rule as VGG's and summaries agree row by row. Padding is explicit (3 for the 7x7 stem,
+1 for the 3x3 max-pool, padded with -inf), which is what torch does.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvgg.models.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU, flatten, run
+
+
+class Bottleneck(nn.Module):
+    width: int
+    stride: int = 1
+    project: bool = False  # 1x1 conv + BatchNorm on the shortcut (torchvision's `downsample`)
+    expansion: int = 4
+    dtype: jnp.dtype | None = None
+
+    def setup(self) -> None:
+        w, d = self.width, self.dtype
+        self.conv1 = Conv2d(w, 1, bias=False, init="torchvision", dtype=d)
+        self.bn1 = BatchNorm2d()
+        self.conv2 = Conv2d(w, 3, stride=self.stride, padding=1, bias=False, init="torchvision", dtype=d)
+        self.bn2 = BatchNorm2d()
+        self.conv3 = Conv2d(w * self.expansion, 1, bias=False, init="torchvision", dtype=d)
+        self.bn3 = BatchNorm2d()
+        self.relu = ReLU()
+        self.downsample = (
+            [Conv2d(w * self.expansion, 1, stride=self.stride, bias=False, init="torchvision", dtype=d), BatchNorm2d()]
+            if self.project
+            else []
+        )
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        out = self.relu(self.bn1(self.conv1(x), train))
+        out = self.relu(self.bn2(self.conv2(out), train))
+        out = self.bn3(self.conv3(out), train)
+        identity = run(self.downsample, x, train) if self.downsample else x
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    num_classes: int = 1000
+    dtype: jnp.dtype | None = None
+
+    def setup(self) -> None:
+        d = self.dtype
+        self.conv1 = Conv2d(64, 7, stride=2, padding=3, bias=False, init="torchvision", dtype=d)
+        self.bn1 = BatchNorm2d()
+        self.relu = ReLU()
+        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self.make_layer(64, self.layers[0], stride=1)
+        self.layer2 = self.make_layer(128, self.layers[1], stride=2)
+        self.layer3 = self.make_layer(256, self.layers[2], stride=2)
+        self.layer4 = self.make_layer(512, self.layers[3], stride=2)
+        self.avgpool = AdaptiveAvgPool2d((1, 1))
+        self.fc = Linear(self.num_classes, init="torch", dtype=d)
+
+    def make_layer(self, width: int, blocks: int, stride: int) -> list[Bottleneck]:
+        # Every stage's first block changes the width (x4) or the stride, so it always downsamples.
+        return [Bottleneck(width, stride, project=True, dtype=self.dtype)] + [
+            Bottleneck(width, dtype=self.dtype) for _ in range(1, blocks)
+        ]
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x), train)))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = run(stage, x, train)
+        x = flatten(self.avgpool(x))
+        return self.fc(x).astype(jnp.float32)

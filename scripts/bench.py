@@ -1,0 +1,275 @@
+"""Time the train step and the eval step of JAX and PyTorch on the same model, batch and data.
+
+    python scripts/bench.py --model vgg16 --image-size 32 --batch-size 32 [--framework both]
+    python scripts/bench.py --sweep                 # vgg16, vgg16_gap, vgg16_dsconv, student_cnn at 32/64/112/224 px
+
+Prints a table and writes JSON (--json). Each framework runs in its own child process, so peak
+memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
+is the time to the first finished train step, compilation included. Achieved FLOP/s counts
+2 x multiply-adds x 3 (forward + two backward products) per training image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn")
+SWEEP_SIZES = {32: 32, 64: 16, 112: 8, 224: 4}  # image size -> batch size on a 2-core CPU
+
+
+def batch_data(batch_size: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8),
+        rng.integers(0, 3, batch_size).astype(np.int32),
+    )
+
+
+def model_macs(model: str, image_size: int) -> int:
+    import jaxvgg
+    from jaxvgg.models import variable_shapes
+    from jaxvgg.models.specs import get_spec
+    from jaxvgg.summary import flax_summary
+
+    options = {"image_size": image_size} if get_spec(model).sized else {}
+    m = jaxvgg.create_model(model, 3, **options)
+    return flax_summary(m, variable_shapes(m, image_size), image_size).macs
+
+
+def timed(fn, steps: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    fn()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def bench_jax(model: str, image_size: int, batch_size: int, steps: int) -> dict:
+    import jax
+
+    import jaxvgg
+    from jaxvgg.models.specs import get_spec
+    from jaxvgg.train.optim import make_optimizer
+    from jaxvgg.train.state import create_train_state
+    from jaxvgg.train.steps import compile_steps
+
+    options = {"image_size": image_size} if get_spec(model).sized else {}
+    m = jaxvgg.create_model(model, 3, **options)
+    state = create_train_state(m, jaxvgg.init_variables(m, image_size), make_optimizer("adam", 1e-4, 1e-5))
+    images, labels = batch_data(batch_size, image_size)
+    batch = {
+        "image": jax.device_put(images),
+        "label": jax.device_put(labels),
+        "weight": jax.device_put(np.ones(batch_size, np.float32)),
+    }
+    train_step, eval_step = compile_steps()
+    holder = {"state": state}
+
+    def train():
+        holder["state"], metrics = train_step(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    first, train_times = timed(train, steps)
+    eval_first, eval_times = timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), steps)
+    return {
+        "first_step_s": first,
+        "train_step_s": statistics.median(train_times),
+        "eval_step_s": statistics.median(eval_times),
+        "eval_first_s": eval_first,
+        "device": jax.devices()[0].device_kind,
+        "conv_lowering": os.environ.get("JAXVGG_CONV", "xla"),
+    }
+
+
+def bench_torch(model: str, image_size: int, batch_size: int, steps: int) -> dict:
+    import torch
+
+    import torchref
+    from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from jaxvgg.models.specs import get_spec
+    from torchref.device import pick_device
+
+    device = pick_device()
+    options = {"image_size": image_size} if get_spec(model).sized else {}
+    net = torchref.create_model(model, 3, **options).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    images, labels = batch_data(batch_size, image_size)
+    x_u8 = torch.from_numpy(images).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def inputs():
+        return (x_u8.permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train():
+        net.train()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(inputs()), y).backward()
+        opt.step()
+        sync()
+
+    def evaluate():
+        net.eval()
+        with torch.no_grad():
+            net(inputs()).argmax(1)
+        sync()
+
+    first, train_times = timed(train, steps)
+    eval_first, eval_times = timed(evaluate, steps)
+    return {
+        "first_step_s": first,
+        "train_step_s": statistics.median(train_times),
+        "eval_step_s": statistics.median(eval_times),
+        "eval_first_s": eval_first,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | None:
+    """Images/s of the training loader (augmentation on) on the cached built-in dataset, if present."""
+    from jaxvgg.data import Loader, Pipeline, scan_image_folder
+    from jaxvgg.data.synthetic import default_cache_dir
+
+    roots = sorted(default_cache_dir().glob("potato-synthetic-*")) if default_cache_dir().exists() else []
+    if not roots:
+        return None
+    data = scan_image_folder(roots[0])
+    loader = Loader(data.root, data.samples, Pipeline(image_size, augment=True), batch_size, train=True)
+    t0, n = time.perf_counter(), 0
+    for i, batch in enumerate(loader.epoch(0)):
+        n += len(batch.label)
+        if i + 1 == batches:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str) -> None:
+    import resource
+
+    result = (bench_jax if framework == "jax" else bench_torch)(model, image_size, batch_size, steps)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(out).write_text(json.dumps(result))
+
+
+def run_case(framework: str, model: str, image_size: int, batch_size: int, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            framework,
+            "--model",
+            model,
+            "--image-size",
+            str(image_size),
+            "--batch-size",
+            str(batch_size),
+            "--steps",
+            str(steps),
+            "--json",
+            str(out),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return json.loads(out.read_text())
+
+
+def bench(model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int) -> dict:
+    macs = model_macs(model, image_size)
+    row = {"model": model, "image_size": image_size, "batch_size": batch_size, "macs_per_image": macs}
+    for fw in frameworks:
+        r = run_case(fw, model, image_size, batch_size, steps)
+        if "error" not in r:
+            r["train_images_per_s"] = batch_size / r["train_step_s"]
+            r["eval_images_per_s"] = batch_size / r["eval_step_s"]
+            r["train_gflops"] = 6 * macs * batch_size / r["train_step_s"] / 1e9
+        row[fw] = r
+    if all("train_step_s" in row.get(fw, {}) for fw in ("jax", "torch")):
+        row["train_ratio_jax_over_torch"] = row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
+        row["eval_ratio_jax_over_torch"] = row["jax"]["eval_images_per_s"] / row["torch"]["eval_images_per_s"]
+    return row
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = (
+        f"{'model':<14}{'px':>5}{'batch':>6} | {'JAX train':>10}{'torch train':>12}{'ratio':>7} | "
+        f"{'JAX eval':>9}{'torch eval':>11}{'ratio':>7} | {'JAX 1st':>8}{'torch 1st':>10} | "
+        f"{'JAX GF/s':>9}{'torch GF/s':>11} | {'JAX MB':>7}{'torch MB':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        j, t = r.get("jax", {}), r.get("torch", {})
+
+        def g(d, k, spec):
+            return format(d[k], spec) if k in d else ("err" if "error" in d else "-")
+
+        lines.append(
+            f"{r['model']:<14}{r['image_size']:>5}{r['batch_size']:>6} | {g(j, 'train_images_per_s', '10.1f')}"
+            f"{g(t, 'train_images_per_s', '12.1f')}{g(r, 'train_ratio_jax_over_torch', '6.2f')}x | "
+            f"{g(j, 'eval_images_per_s', '9.1f')}{g(t, 'eval_images_per_s', '11.1f')}"
+            f"{g(r, 'eval_ratio_jax_over_torch', '6.2f')}x | {g(j, 'first_step_s', '8.1f')}"
+            f"{g(t, 'first_step_s', '10.1f')} | {g(j, 'train_gflops', '9.1f')}{g(t, 'train_gflops', '11.1f')} | "
+            f"{g(j, 'peak_rss_mb', '7.0f')}{g(t, 'peak_rss_mb', '9.0f')}"
+        )
+    return "\n".join(lines) + "\n(images/s; ratio = JAX/torch; 1st = seconds to the first finished step; GF/s achieved)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vgg16")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.child, args.model, args.image_size, args.batch_size, args.steps, args.json)
+        return
+    frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
+    cases = (
+        [(m, s, b) for m in SWEEP_MODELS for s, b in SWEEP_SIZES.items()]
+        if args.sweep
+        else [(args.model, args.image_size, args.batch_size)]
+    )
+    rows = []
+    for model, size, batch in cases:
+        rows.append(bench(model, size, batch, frameworks, args.steps))
+        print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
+    loader = bench_loader(max(s for _, s, _ in cases), 32)
+    print()
+    print(format_rows(rows))
+    if loader is not None:
+        print(f"training loader (RandomResizedCrop + flip, {os.cpu_count()} threads): {loader:.0f} images/s")
+    result = {"rows": rows, "loader_images_per_s": loader, "cpu_count": os.cpu_count()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
