@@ -88,10 +88,82 @@ def prepare_run(cfg: TrainConfig, framework: str) -> RunContext:
     return RunContext(cfg, out_dir, data, split, history)
 
 
-def record_epoch(ctx: RunContext, row: dict[str, Any]) -> None:
+@dataclasses.dataclass
+class EpochSums:
+    """Running sums of one training epoch (exact averages whatever the batch sizes)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+
+    def add(self, loss_sum: float, correct: float, count: float) -> None:
+        self.loss += loss_sum
+        self.correct += correct
+        self.count += count
+
+    def postfix(self, seconds: float) -> dict[str, str]:
+        return {
+            "loss": f"{self.loss / self.count:.4f}",
+            "acc": f"{self.correct / self.count:.3f}",
+            "img_s": f"{self.count / seconds:.0f}",
+        }
+
+
+def end_epoch(
+    ctx: RunContext,
+    epoch: int,
+    lr: float,
+    sums: EpochSums,
+    ev: dict[str, Any],
+    t0: float,
+    train_s: float,
+    improved: bool,
+) -> dict[str, Any]:
+    """Record the epoch in ``history.json`` and ``curves.png`` and print the tutorial's epoch line."""
+    n = max(sums.count, 1)
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": sums.loss / n,
+        "train_acc": sums.correct / n,
+        "val_loss": ev["loss"],
+        "val_acc": ev["acc"],
+        "seconds": time.perf_counter() - t0,
+        "train_images_per_s": sums.count / train_s,
+    }
     ctx.history.append(row)
     _write_json(ctx.out_dir / "history.json", ctx.history)
     plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
+    print(
+        f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
+        f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
+        f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
+    )
+    return row
+
+
+def early_stop_reason(ctx: RunContext, bad_epochs: int) -> str | None:
+    if bad_epochs < ctx.cfg.patience:
+        return None
+    reason = f"early stopping: no better {ctx.val_subset} accuracy for {ctx.cfg.patience} epochs"
+    print(reason)
+    return reason
+
+
+def announce_stop(ctx: RunContext, checkpoint_name: str, interrupted: bool) -> None:
+    """What a stop in the middle of an epoch (Ctrl-C or --max-steps) tells the user."""
+    saved = ctx.out_dir / checkpoint_name
+    if interrupted:
+        print(f"\ninterrupted: saved {saved}; continue with --resume {ctx.out_dir}")
+    else:
+        print(f"stopped after --max-steps {ctx.cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
+
+
+def non_finite_message(ctx: RunContext, value: float, epoch: int, batch: int, checkpoint_name: str) -> str:
+    return (
+        f"the training loss became {value} at epoch {epoch + 1}, batch {batch + 1}; stopped. "
+        f"The last good checkpoint is {ctx.out_dir / checkpoint_name} (try a lower --lr)"
+    )
 
 
 def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict[str, Any]) -> dict[str, Any]:

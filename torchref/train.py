@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -15,7 +16,17 @@ import torchref
 from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
-from jaxvgg.run import RunContext, finish_run, peak_rss_mb, prepare_run, record_epoch
+from jaxvgg.run import (
+    EpochSums,
+    RunContext,
+    announce_stop,
+    early_stop_reason,
+    end_epoch,
+    finish_run,
+    non_finite_message,
+    peak_rss_mb,
+    prepare_run,
+)
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
 
@@ -128,7 +139,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     criterion = nn.CrossEntropyLoss()
-    start_epoch, start_batch, best_acc, bad_epochs, step = 0, 0, -1.0, 0, 0
+    start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
     if cfg.resume:
         ckpt = torch.load(ctx.out_dir / LAST, map_location=dev, weights_only=False)
         if ckpt["meta"]["model"] != cfg.model:
@@ -145,6 +156,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             meta["bad_epochs"],
             meta["step"],
         )
+        resume_sums = meta.get("sums", {})
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -153,7 +165,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         f"{len(ctx.split.subsets['train'])} train / {len(val.dataset)} {ctx.val_subset} images, device {dev}"
     )
 
-    def save_last(epoch: int, batch: int) -> None:
+    def save_last(epoch: int, batch: int, sums: EpochSums | None = None) -> None:
         _save(
             ctx.out_dir / LAST,
             {
@@ -161,7 +173,15 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "meta": _meta(ctx, epoch=epoch, batch=batch, best_acc=best_acc, bad_epochs=bad_epochs, step=step),
+                "meta": _meta(
+                    ctx,
+                    epoch=epoch,
+                    batch=batch,
+                    best_acc=best_acc,
+                    bad_epochs=bad_epochs,
+                    step=step,
+                    sums=dataclasses.asdict(sums or EpochSums()),
+                ),
             },
         )
 
@@ -172,7 +192,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         t0 = time.perf_counter()
-        loss_sum = correct = count = 0.0
+        sums = EpochSums(**resume_sums) if epoch == start_epoch and start_batch > 0 else EpochSums()
         bar = tqdm(
             train,
             total=len(train),
@@ -181,7 +201,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             unit="batch",
             dynamic_ncols=True,
         )
-        try:
+        try:  # Ctrl-C while training or validating saves the exact position
             for x, y in bar:
                 x, y = x.to(dev), y.to(dev)
                 optimizer.zero_grad()
@@ -194,43 +214,23 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
                 if not math.isfinite(value):
-                    raise UserError(
-                        f"the training loss became {value} at epoch {epoch + 1}, batch {batch_idx + 1}; "
-                        f"stopped. The last good checkpoint is {ctx.out_dir / LAST} (try a lower --lr)"
-                    )
-                loss_sum += value * len(y)
-                correct += (out.argmax(1) == y).sum().item()
-                count += len(y)
+                    raise UserError(non_finite_message(ctx, value, epoch, batch_idx, LAST))
+                sums.add(value * len(y), (out.argmax(1) == y).sum().item(), len(y))
                 batch_idx += 1
-                bar.set_postfix(
-                    loss=f"{loss_sum / count:.4f}",
-                    acc=f"{correct / count:.3f}",
-                    img_s=f"{count / (time.perf_counter() - t0):.0f}",
-                )
+                bar.set_postfix(sums.postfix(time.perf_counter() - t0))
                 if cfg.max_steps is not None and step >= cfg.max_steps and batch_idx < len(train):
                     raise _StepLimit
+            bar.close()
+            train_s = time.perf_counter() - t0
+            ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}")
         except (KeyboardInterrupt, _StepLimit) as stop:
             bar.close()
-            save_last(epoch, batch_idx)
+            save_last(epoch, batch_idx, sums)
+            announce_stop(ctx, LAST, interrupted=isinstance(stop, KeyboardInterrupt))
             if isinstance(stop, KeyboardInterrupt):
-                print(f"\ninterrupted: saved {ctx.out_dir / LAST}; continue with --resume {ctx.out_dir}")
                 raise
-            print(f"stopped after --max-steps {cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
             return None
-        bar.close()
-        train_s = time.perf_counter() - t0
         scheduler.step()
-        ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}")
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
-            "val_loss": ev["loss"],
-            "val_acc": ev["acc"],
-            "seconds": time.perf_counter() - t0,
-            "train_images_per_s": count / train_s,
-        }
         improved = ev["acc"] > best_acc
         if improved:
             best_acc, bad_epochs = ev["acc"], 0
@@ -239,16 +239,10 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             )
         else:
             bad_epochs += 1
-        record_epoch(ctx, row)
+        end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
         save_last(epoch + 1, 0)
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
-            f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
-        )
-        if bad_epochs >= cfg.patience:
-            stopped = f"early stopping: no better {ctx.val_subset} accuracy for {cfg.patience} epochs"
-            print(stopped)
+        if reason := early_stop_reason(ctx, bad_epochs):
+            stopped = reason
             break
     best, meta = load_model(ctx.out_dir, BEST, dev)
     test = make_loader(

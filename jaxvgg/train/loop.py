@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,18 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
-from jaxvgg.run import RunContext, finish_run, is_finite, peak_rss_mb, prepare_run, record_epoch
+from jaxvgg.run import (
+    EpochSums,
+    RunContext,
+    announce_stop,
+    early_stop_reason,
+    end_epoch,
+    finish_run,
+    is_finite,
+    non_finite_message,
+    peak_rss_mb,
+    prepare_run,
+)
 from jaxvgg.train import checkpoint
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
@@ -144,11 +156,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         workers=cfg.workers,
     )
     state = build_state(cfg, len(ctx.classes), len(train))
-    start_epoch, start_batch, best_acc, bad_epochs = 0, 0, -1.0, 0
+    start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
     if cfg.resume:
         state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
         start_epoch, start_batch = meta["epoch"], meta["batch"]
-        best_acc, bad_epochs = meta["best_acc"], meta["bad_epochs"]
+        best_acc, bad_epochs, resume_sums = meta["best_acc"], meta["bad_epochs"], meta.get("sums", {})
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     train_step, eval_step = compile_steps()
@@ -164,7 +176,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
     for epoch in range(start_epoch, cfg.epochs):
         lr = epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
         t0 = time.perf_counter()
-        loss_sum = correct = count = 0.0
+        resumed = epoch == start_epoch and start_batch > 0
+        sums = EpochSums(**resume_sums) if resumed else EpochSums()
         batch_idx = start_batch if epoch == start_epoch else 0
         bar = tqdm(
             train.epoch(epoch, batch_idx),
@@ -174,67 +187,48 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
             unit="batch",
             dynamic_ncols=True,
         )
-        try:
+        try:  # Ctrl-C while training or validating saves the exact position
             for batch in bar:
                 state, m = train_step(state, batch.as_dict())
                 batch_loss = float(m["loss_sum"])
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
                 if not is_finite(batch_loss):
-                    raise NonFiniteLoss(
-                        f"the training loss became {batch_loss} at epoch {epoch + 1}, batch "
-                        f"{batch_idx + 1}; stopped. The last good checkpoint is {ctx.out_dir / LAST} "
-                        "(try a lower --lr)"
-                    )
-                loss_sum += batch_loss
-                correct += float(m["correct"])
-                count += float(m["count"])
+                    raise NonFiniteLoss(non_finite_message(ctx, batch_loss, epoch, batch_idx, LAST))
+                sums.add(batch_loss, float(m["correct"]), float(m["count"]))
                 batch_idx += 1
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(
-                    loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}", img_s=f"{count / elapsed:.0f}"
-                )
+                bar.set_postfix(sums.postfix(time.perf_counter() - t0))
                 if cfg.max_steps is not None and int(state.step) >= cfg.max_steps and batch_idx < len(train):
                     raise _StepLimit
+            bar.close()
+            train_s = time.perf_counter() - t0
+            ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}")
         except (KeyboardInterrupt, _StepLimit) as stop:
             bar.close()
             save_state(
-                ctx.out_dir / LAST, ctx, state, epoch=epoch, batch=batch_idx, best_acc=best_acc, bad_epochs=bad_epochs
+                ctx.out_dir / LAST,
+                ctx,
+                state,
+                epoch=epoch,
+                batch=batch_idx,
+                best_acc=best_acc,
+                bad_epochs=bad_epochs,
+                sums=dataclasses.asdict(sums),
             )
+            announce_stop(ctx, LAST, interrupted=isinstance(stop, KeyboardInterrupt))
             if isinstance(stop, KeyboardInterrupt):
-                print(f"\ninterrupted: saved {ctx.out_dir / LAST}; continue with --resume {ctx.out_dir}")
                 raise
-            print(f"stopped after --max-steps {cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
             return None
-        bar.close()
-        train_s = time.perf_counter() - t0
-        ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}")
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
-            "val_loss": ev["loss"],
-            "val_acc": ev["acc"],
-            "seconds": time.perf_counter() - t0,
-            "train_images_per_s": count / train_s,
-        }
         improved = ev["acc"] > best_acc
         if improved:
             best_acc, bad_epochs = ev["acc"], 0
             checkpoint.save(ctx.out_dir / BEST, state.variables, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
         else:
             bad_epochs += 1
-        record_epoch(ctx, row)
+        end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
         save_state(ctx.out_dir / LAST, ctx, state, epoch=epoch + 1, batch=0, best_acc=best_acc, bad_epochs=bad_epochs)
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
-            f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
-        )
-        if bad_epochs >= cfg.patience:
-            stopped = f"early stopping: no better {ctx.val_subset} accuracy for {cfg.patience} epochs"
-            print(stopped)
+        if reason := early_stop_reason(ctx, bad_epochs):
+            stopped = reason
             break
         if cfg.max_steps is not None and int(state.step) >= cfg.max_steps:
             stopped = f"stopped after --max-steps {cfg.max_steps}"
