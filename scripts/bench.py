@@ -224,13 +224,14 @@ def format_rows(rows: list[dict]) -> str:
         j, t = r.get("jax", {}), r.get("torch", {})
 
         def g(d, k, spec):
-            return format(d[k], spec) if k in d else ("err" if "error" in d else "-")
+            width = int(spec.split(".")[0] or 0)
+            return format(d[k], spec) if k in d else ("err" if "error" in d else "-").rjust(width)
 
         lines.append(
             f"{r['model']:<14}{r['image_size']:>5}{r['batch_size']:>6} | {g(j, 'train_images_per_s', '10.1f')}"
-            f"{g(t, 'train_images_per_s', '12.1f')}{g(r, 'train_ratio_jax_over_torch', '6.2f')}x | "
+            f"{g(t, 'train_images_per_s', '12.1f')}{g(r, 'train_ratio_jax_over_torch', '6.2f')}× | "
             f"{g(j, 'eval_images_per_s', '9.1f')}{g(t, 'eval_images_per_s', '11.1f')}"
-            f"{g(r, 'eval_ratio_jax_over_torch', '6.2f')}x | {g(j, 'first_step_s', '8.1f')}"
+            f"{g(r, 'eval_ratio_jax_over_torch', '6.2f')}× | {g(j, 'first_step_s', '8.1f')}"
             f"{g(t, 'first_step_s', '10.1f')} | {g(j, 'train_gflops', '9.1f')}{g(t, 'train_gflops', '11.1f')} | "
             f"{g(j, 'peak_rss_mb', '7.0f')}{g(t, 'peak_rss_mb', '9.0f')}"
         )

@@ -77,3 +77,28 @@ def test_compare_same_split_both_frameworks_then_predict_and_evaluate_each(tiny_
         assert f"accuracy {json.loads((out / side / 'metrics.json').read_text())['accuracy']:.2%}" in evaluated
     msg = one_line_error(run_script("compare.py", "--out", str(out), "--out-dir", "x", check=False))
     assert "sets --out-dir and --split-file itself" in msg
+
+
+@pytest.mark.slow
+def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    printed = run_script(
+        "bench.py",
+        "--model",
+        "student_cnn",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--json",
+        str(out),
+    ).stdout
+    row = json.loads(out.read_text())["rows"][0]
+    for fw in ("jax", "torch"):
+        assert row[fw]["train_images_per_s"] > 0 and row[fw]["eval_images_per_s"] > 0 and row[fw]["peak_rss_mb"] > 0
+    assert row["train_ratio_jax_over_torch"] == pytest.approx(
+        row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
+    )
+    assert row["macs_per_image"] > 0 and "student_cnn" in printed
