@@ -6,12 +6,16 @@ A run folder holds ``config.json``, ``split.json``, ``history.json``, ``metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +161,26 @@ def announce_stop(ctx: RunContext, checkpoint_name: str, interrupted: bool) -> N
         print(f"\ninterrupted: saved {saved}; continue with --resume {ctx.out_dir}")
     else:
         print(f"stopped after --max-steps {ctx.cfg.max_steps}, mid-epoch; continue with --resume {ctx.out_dir}")
+
+
+@contextlib.contextmanager
+def deferred_interrupt(ctx: RunContext, checkpoint_name: str) -> Iterator[None]:
+    """Hold Ctrl-C while an epoch's results and checkpoints are written; act on it right after.
+
+    Outside this window the loops catch KeyboardInterrupt themselves and save their position.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        announce_stop(ctx, checkpoint_name, interrupted=True)
+        raise KeyboardInterrupt
 
 
 def non_finite_message(ctx: RunContext, value: float, epoch: int, batch: int, checkpoint_name: str) -> str:

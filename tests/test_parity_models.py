@@ -139,3 +139,16 @@ def test_converted_weights_do_not_alias_torch_tensors():
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32))  # updates running statistics in place
     np.testing.assert_array_equal(variables["batch_stats"]["features_1"]["mean"], before)
+
+
+def test_summary_script_prints_the_same_table_in_both_frameworks():
+    from helpers import run_script
+
+    args = ["--model", "vgg16_bn", "--image-size", "32", "--num-classes", "3"]
+    jax_out = run_script("summary.py", *args, "--framework", "jax").stdout.splitlines()
+    torch_out = run_script("summary.py", *args, "--framework", "torch").stdout.splitlines()
+    assert jax_out[0].replace("(jax)", "(torch)") == torch_out[0]
+    assert jax_out[1:] == torch_out[1:]
+    # vgg16 with 3 classes plus 8,448 BatchNorm parameters
+    assert "Total params: 134,281,283" in jax_out
+    assert any(line.startswith("Forward multiply-adds") for line in jax_out)

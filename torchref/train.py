@@ -20,6 +20,7 @@ from jaxvgg.run import (
     EpochSums,
     RunContext,
     announce_stop,
+    deferred_interrupt,
     early_stop_reason,
     end_epoch,
     finish_run,
@@ -231,16 +232,18 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 raise
             return None
         scheduler.step()
-        improved = ev["acc"] > best_acc
-        if improved:
-            best_acc, bad_epochs = ev["acc"], 0
-            _save(
-                ctx.out_dir / BEST, {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)}
-            )
-        else:
-            bad_epochs += 1
-        end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
-        save_last(epoch + 1, 0)
+        with deferred_interrupt(ctx, LAST):
+            improved = ev["acc"] > best_acc
+            if improved:
+                best_acc, bad_epochs = ev["acc"], 0
+                _save(
+                    ctx.out_dir / BEST,
+                    {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
+                )
+            else:
+                bad_epochs += 1
+            end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
+            save_last(epoch + 1, 0)
         if reason := early_stop_reason(ctx, bad_epochs):
             stopped = reason
             break

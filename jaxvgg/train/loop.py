@@ -20,6 +20,7 @@ from jaxvgg.run import (
     EpochSums,
     RunContext,
     announce_stop,
+    deferred_interrupt,
     early_stop_reason,
     end_epoch,
     finish_run,
@@ -219,14 +220,17 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
             if isinstance(stop, KeyboardInterrupt):
                 raise
             return None
-        improved = ev["acc"] > best_acc
-        if improved:
-            best_acc, bad_epochs = ev["acc"], 0
-            checkpoint.save(ctx.out_dir / BEST, state.variables, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
-        else:
-            bad_epochs += 1
-        end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
-        save_state(ctx.out_dir / LAST, ctx, state, epoch=epoch + 1, batch=0, best_acc=best_acc, bad_epochs=bad_epochs)
+        with deferred_interrupt(ctx, LAST):
+            improved = ev["acc"] > best_acc
+            if improved:
+                best_acc, bad_epochs = ev["acc"], 0
+                checkpoint.save(ctx.out_dir / BEST, state.variables, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
+            else:
+                bad_epochs += 1
+            end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
+            save_state(
+                ctx.out_dir / LAST, ctx, state, epoch=epoch + 1, batch=0, best_acc=best_acc, bad_epochs=bad_epochs
+            )
         if reason := early_stop_reason(ctx, bad_epochs):
             stopped = reason
             break
