@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import resource
 import signal
 import sys
@@ -206,10 +205,6 @@ def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -51,7 +51,7 @@ def init_variables(model: nn.Module, image_size: int | None = 224, seed: int = 0
     size = _input_size(model, image_size)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(seed), x)
-    return jax.tree_util.tree_map(lambda a: a, dict(variables))
+    return dict(variables)
 
 
 def variable_shapes(model: nn.Module, image_size: int | None = None) -> Variables:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from jaxvgg.run import (
     early_stop_reason,
     end_epoch,
     finish_run,
-    is_finite,
     non_finite_message,
     peak_rss_mb,
     prepare_run,
@@ -101,7 +101,7 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
     model = jaxvgg.create_model(meta["model"], meta["num_classes"], **options)
     from jaxvgg.models import variable_shapes
 
-    template = {k: v for k, v in variable_shapes(model, meta["image_size"]).items()}
+    template = dict(variable_shapes(model, meta["image_size"]))
     template.setdefault("batch_stats", {})
     tree = checkpoint.restore(
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
@@ -194,7 +194,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
                 batch_loss = float(m["loss_sum"])
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
-                if not is_finite(batch_loss):
+                if not math.isfinite(batch_loss):
                     raise NonFiniteLoss(non_finite_message(ctx, batch_loss, epoch, batch_idx, LAST))
                 sums.add(batch_loss, float(m["correct"]), float(m["count"]))
                 batch_idx += 1
