@@ -1,0 +1,20 @@
+"""Data: the built-in dataset, ImageFolder reading, splits, transforms and the batch loader."""
+
+from jaxvgg.data.folder import ImageFolderIndex, load_rgb, scan_image_folder
+from jaxvgg.data.loader import Batch, Loader
+from jaxvgg.data.split import Split, load_split, make_split, save_split
+from jaxvgg.data.transforms import Pipeline, normalize
+
+__all__ = [
+    "Batch",
+    "ImageFolderIndex",
+    "Loader",
+    "Pipeline",
+    "Split",
+    "load_rgb",
+    "load_split",
+    "make_split",
+    "normalize",
+    "save_split",
+    "scan_image_folder",
+]
