@@ -39,6 +39,9 @@ class TrainConfig:
     workers: int | None = None
     strict: bool = False  # unreadable images are an error instead of being skipped
     resume: str | None = None  # a run folder to continue
+    pretrained: str | None = None  # starting weights (.pth or run folder); a head that does not fit is replaced
+    init_from: str | None = None  # starting weights that must fit exactly (a run folder or .pth)
+    freeze: str = "none"  # none, backbone, or comma-separated torch module prefixes
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
@@ -100,6 +103,11 @@ _HELP = {
     "workers": "image-loading threads (default: CPU count, at most 8)",
     "strict": "stop on unreadable images instead of skipping them",
     "resume": "continue the run in this folder from its last checkpoint",
+    "pretrained": "start from these weights: a torchvision-format .pth state_dict or a run folder; "
+    "a classification layer of the wrong shape is replaced for this dataset's classes",
+    "init_from": "start a new run from another run's weights (run folder or .pth); everything must fit",
+    "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
+    "such as features,classifier.0",
     "max_steps": "stop after this many optimizer steps",
 }
 
@@ -150,6 +158,15 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--lr must be positive and --weight-decay non-negative")
     if cfg.patience < 1:
         raise UserError("--patience must be at least 1")
+    if cfg.freeze != "none":
+        from jaxvgg.transfer import check_freeze
+
+        check_freeze(cfg.model, cfg.freeze, cfg.image_size)
+    if cfg.pretrained and cfg.init_from:
+        raise UserError("give --pretrained or --init-from, not both")
+    for flag, source in (("--pretrained", cfg.pretrained), ("--init-from", cfg.init_from)):
+        if source and not Path(source).exists():
+            raise UserError(f"{flag} {source}: no such file or folder")
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

@@ -1,6 +1,7 @@
 """Print a torchsummary-style table of any model, in JAX or PyTorch.
 
 python scripts/summary.py --model vgg16 [--framework jax|torch] [--image-size 224] [--num-classes 3]
+                          [--freeze none|backbone|PREFIXES]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import jaxvgg
 from jaxvgg.cli import main_guard
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
+from jaxvgg.transfer import check_freeze, freeze_rule
 
 
 @main_guard
@@ -20,9 +22,12 @@ def main() -> None:
     p.add_argument("--framework", default="jax", choices=["jax", "torch"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=3)
+    p.add_argument("--freeze", default="none", help="count these layers as frozen (as in training)")
     args = p.parse_args()
     if args.image_size < 1 or args.num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
+    check_freeze(args.model, args.freeze, args.image_size)
+    is_frozen = freeze_rule(args.model, args.freeze)
     options = {"image_size": args.image_size} if get_spec(args.model).sized else {}
     try:
         if args.framework == "jax":
@@ -30,14 +35,17 @@ def main() -> None:
             from jaxvgg.summary import flax_summary
 
             model = jaxvgg.create_model(args.model, args.num_classes, **options)
-            summary = flax_summary(model, variable_shapes(model, args.image_size), args.image_size)
+            summary = flax_summary(model, variable_shapes(model, args.image_size), args.image_size, is_frozen)
         else:
             try:
                 import torchref
                 from torchref.summary import torch_summary
+                from torchref.transfer import freeze
             except ImportError as e:
                 raise UserError("--framework torch needs PyTorch: pip install -e '.[torch]'") from e
-            summary = torch_summary(torchref.create_model(args.model, args.num_classes, **options), args.image_size)
+            model = torchref.create_model(args.model, args.num_classes, **options)
+            freeze(model, is_frozen)
+            summary = torch_summary(model, args.image_size)
     except ValueError as e:
         raise UserError(str(e)) from e
     print(f"{args.model} ({args.framework}), input 3x{args.image_size}x{args.image_size}, {args.num_classes} classes")

@@ -28,8 +28,10 @@ from jaxvgg.run import (
     peak_rss_mb,
     prepare_run,
 )
+from jaxvgg.transfer import freeze_rule
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
+from torchref.transfer import freeze, load_starting_weights, train_mode
 
 LAST, BEST = "last.pth", "best.pth"
 
@@ -136,8 +138,14 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         cfg.seed,
         workers,
     )
-    model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg)).to(dev)
-    optimizer = make_optimizer(cfg, model.parameters())
+    model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg))
+    source = cfg.pretrained or cfg.init_from
+    if source and not cfg.resume:
+        print(load_starting_weights(model, cfg.model, source, replace_head=bool(cfg.pretrained)))
+    model = model.to(dev)
+    frozen_bn = freeze(model, freeze_rule(cfg.model, cfg.freeze))
+    # Frozen parameters are not given to the optimizer, so it keeps no state for them.
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = make_scheduler(cfg, optimizer)
     criterion = nn.CrossEntropyLoss()
     start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
@@ -161,8 +169,10 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     print(
-        f"{cfg.model}: {n_params:,} parameters, {len(train)} batches of {cfg.batch_size} per epoch, "
+        f"{cfg.model}: {n_params:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
+        f"{len(train)} batches of {cfg.batch_size} per epoch, "
         f"{len(ctx.split.subsets['train'])} train / {len(val.dataset)} {ctx.val_subset} images, device {dev}"
     )
 
@@ -191,7 +201,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         batch_idx = start_batch if epoch == start_epoch else 0
         train.sampler.set_epoch(epoch, batch_idx * cfg.batch_size)
         lr = optimizer.param_groups[0]["lr"]
-        model.train()
+        train_mode(model, frozen_bn)
         t0 = time.perf_counter()
         sums = EpochSums(**resume_sums) if epoch == start_epoch and start_batch > 0 else EpochSums()
         bar = tqdm(
@@ -246,6 +256,9 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             save_last(epoch + 1, 0)
         if reason := early_stop_reason(ctx, bad_epochs):
             stopped = reason
+            break
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            stopped = f"stopped after --max-steps {cfg.max_steps}"
             break
     best, meta = load_model(ctx.out_dir, BEST, dev)
     test = make_loader(

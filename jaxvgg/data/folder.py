@@ -77,7 +77,9 @@ def scan_image_folder(root: str | os.PathLike, strict: bool = False, workers: in
         raise UserError(f"{root}: not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if len(classes) < 2:
-        raise UserError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one sub-folder per class)")
+        raise UserError(
+            f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one sub-folder per class)"
+        )
     candidates: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
@@ -94,6 +96,8 @@ def scan_image_folder(root: str | os.PathLike, strict: bool = False, workers: in
     counts = [sum(1 for _, label in samples if label == k) for k in range(len(classes))]
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
-        raise UserError(f"{root}: class folder(s) with no readable images: {', '.join(empty)} "
-                        f"(extensions: {', '.join(IMG_EXTENSIONS)})")
+        raise UserError(
+            f"{root}: class folder(s) with no readable images: {', '.join(empty)} "
+            f"(extensions: {', '.join(IMG_EXTENSIONS)})"
+        )
     return ImageFolderIndex(root, classes, samples, skipped)

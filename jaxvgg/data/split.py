@@ -31,7 +31,11 @@ class Split:
 
 
 def make_split(
-    data: ImageFolderIndex, method: str = "stratified", test_fraction: float = 0.2, val_fraction: float = 0.0, seed: int = 0
+    data: ImageFolderIndex,
+    method: str = "stratified",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
 ) -> Split:
     """80/20 by default. ``stratified`` keeps class proportions; ``random`` is ``random_split``-like.
 
@@ -45,15 +49,17 @@ def make_split(
     rng = np.random.default_rng(seed)
     paths = np.array([p for p, _ in data.samples])
     labels = np.array(data.labels)
-    groups = [np.flatnonzero(labels == k) for k in range(len(data.classes))] if method == "stratified" else [
-        np.arange(len(paths))
-    ]
+    groups = (
+        [np.flatnonzero(labels == k) for k in range(len(data.classes))]
+        if method == "stratified"
+        else [np.arange(len(paths))]
+    )
     train, val, test = [], [], []
     for group in groups:
         order = rng.permutation(group)
-        n_test = int(round(len(order) * test_fraction))
+        n_test = round(len(order) * test_fraction)
         rest = order[n_test:]
-        n_val = int(round(len(rest) * val_fraction))
+        n_val = round(len(rest) * val_fraction)
         test += order[:n_test].tolist()
         val += rest[:n_val].tolist()
         train += rest[n_val:].tolist()
@@ -80,6 +86,7 @@ def load_split(path: str | os.PathLike, data: ImageFolderIndex | None = None) ->
         known = {p for p, _ in data.samples}
         missing = [p for k in SUBSETS for p in split.subsets[k] if p not in known]
         if missing:
-            raise UserError(f"{path}: {len(missing)} listed file(s) are missing or unreadable in {data.root}, "
-                            f"e.g. {missing[0]}")
+            raise UserError(
+                f"{path}: {len(missing)} listed file(s) are missing or unreadable in {data.root}, e.g. {missing[0]}"
+            )
     return split

@@ -109,10 +109,10 @@ def draw_leaf(seed: int, label: int, index: int, size: int = IMAGE_SIZE) -> Imag
         for _ in range(int(rng.integers(6, 22))):
             r = rng.uniform(4.5, 10) * scale
             px, py = _point_in_leaf(rng, cx, cy, length, width, angle)
-            halo = _random_colour(rng, (200, 190, 40), (250, 240, 110)) + (200,)
+            halo = (*_random_colour(rng, (200, 190, 40), (250, 240, 110)), 200)
             ldraw.ellipse([px - 1.9 * r, py - 1.9 * r, px + 1.9 * r, py + 1.9 * r], fill=halo)
             brown = _random_colour(rng, (100, 60, 20), (150, 100, 50))
-            ldraw.ellipse([px - r, py - r, px + r, py + r], fill=brown + (255,))
+            ldraw.ellipse([px - r, py - r, px + r, py + r], fill=(*brown, 255))
             for ring in (0.72, 0.42):  # the "target board" rings of early blight
                 rr = r * ring
                 ldraw.ellipse([px - rr, py - rr, px + rr, py + rr], outline=(55, 30, 10, 255), width=max(1, int(r / 4)))
@@ -126,8 +126,8 @@ def draw_leaf(seed: int, label: int, index: int, size: int = IMAGE_SIZE) -> Imag
             r = rng.uniform(0.16, 0.3) * length
             dark = _random_colour(rng, (35, 35, 20), (85, 75, 45))
             ring = _random_colour(rng, (95, 120, 60), (150, 165, 95))  # pale water-soaked border
-            ldraw.polygon(_blob(rng, px, py, r * 1.15, 40, 0.8), fill=ring + (170,))
-            ldraw.polygon(_blob(rng, px, py, r, 40, 0.8), fill=dark + (240,))
+            ldraw.polygon(_blob(rng, px, py, r * 1.15, 40, 0.8), fill=(*ring, 170))
+            ldraw.polygon(_blob(rng, px, py, r, 40, 0.8), fill=(*dark, 240))
         lesions = lesions.filter(ImageFilter.GaussianBlur(1.2 * scale))
     leaf = Image.alpha_composite(leaf.convert("RGBA"), lesions).convert("RGB")
     image.paste(leaf, (0, 0), mask.filter(ImageFilter.GaussianBlur(0.8)))

@@ -30,9 +30,11 @@ from jaxvgg.run import (
     prepare_run,
 )
 from jaxvgg.train import checkpoint
+from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.train.steps import compile_steps
+from jaxvgg.transfer import freeze_rule, param_labels, starting_variables
 
 LAST, BEST = "last.msgpack", "best.msgpack"
 
@@ -49,12 +51,31 @@ def model_options(cfg: TrainConfig) -> dict[str, Any]:
     return {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
 
 
-def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int) -> TrainState:
+def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_weights: bool = True) -> TrainState:
+    """A fresh state; with ``load_weights``, starting from ``--pretrained``/``--init-from`` weights."""
     model = jaxvgg.create_model(cfg.model, num_classes, **model_options(cfg))
     variables = jaxvgg.init_variables(model, cfg.image_size, cfg.seed)
+    source = cfg.pretrained or cfg.init_from
+    if source and load_weights:
+        variables, report = starting_variables(
+            cfg.model, variables, source, replace_head=bool(cfg.pretrained), **model_options(cfg)
+        )
+        print(report)
+    is_frozen = freeze_rule(cfg.model, cfg.freeze)
     schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
-    tx = make_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
-    return create_train_state(model, variables, tx, cfg.seed)
+    tx = freeze_optimizer(
+        make_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum), variables["params"], is_frozen
+    )
+    apply_fn = frozen_batchnorm_apply(model.apply, is_frozen)
+    return create_train_state(model, variables, tx, cfg.seed, apply_fn)
+
+
+def trainable_count(state: TrainState, cfg: TrainConfig) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts."""
+    labels = jax.tree.leaves(param_labels(state.params, freeze_rule(cfg.model, cfg.freeze)))
+    sizes = [int(np.prod(np.shape(p))) for p in jax.tree.leaves(state.params)]
+    frozen = sum(n for n, label in zip(sizes, labels, strict=True) if label == "frozen")
+    return sum(sizes) - frozen, frozen
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -156,7 +177,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         train=False,
         workers=cfg.workers,
     )
-    state = build_state(cfg, len(ctx.classes), len(train))
+    state = build_state(cfg, len(ctx.classes), len(train), load_weights=not cfg.resume)
     start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
     if cfg.resume:
         state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
@@ -165,9 +186,10 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     train_step, eval_step = compile_steps()
-    n_params = jaxvgg.count_params(state.variables)
+    n_train, n_frozen = trainable_count(state, cfg)
     print(
-        f"{cfg.model}: {n_params:,} parameters, {len(train)} batches of {cfg.batch_size} per epoch, "
+        f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
+        f"{len(train)} batches of {cfg.batch_size} per epoch, "
         f"{len(ctx.split.subsets['train'])} train / {len(val.samples)} {ctx.val_subset} images, "
         f"device {jax.devices()[0].platform}"
     )

@@ -31,8 +31,13 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(
-    model: nn.Module, variables: Variables, tx: optax.GradientTransformation, seed: int = 0
+    model: nn.Module,
+    variables: Variables,
+    tx: optax.GradientTransformation,
+    seed: int = 0,
+    apply_fn: Callable | None = None,
 ) -> TrainState:
+    """``apply_fn`` defaults to ``model.apply`` (see :mod:`jaxvgg.train.freeze` for a wrapped one)."""
     params = variables["params"]
     return TrainState(
         step=jax.numpy.zeros((), jax.numpy.int32),
@@ -40,6 +45,6 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed + 1)),
-        apply_fn=model.apply,
+        apply_fn=apply_fn or model.apply,
         tx=tx,
     )
