@@ -45,6 +45,10 @@ class TrainConfig:
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+    devices: int | None = None  # data-parallel over this many devices (default: all)
+    coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
+    num_processes: int = 1
+    process_id: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +60,9 @@ class TrainConfig:
         cfg.dataset_counts = tuple(cfg.dataset_counts)
         return cfg
 
+
+# Settings of one invocation rather than of the run: --resume takes these from the command line.
+INVOCATION_SETTINGS = ("max_steps", "workers", "devices", "coordinator", "num_processes", "process_id")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
@@ -109,6 +116,10 @@ _HELP = {
     "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
     "such as features,classifier.0",
     "max_steps": "stop after this many optimizer steps",
+    "devices": "data-parallel over the first N devices (default: all; --batch-size is the global batch)",
+    "coordinator": "multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
+    "num_processes": "multi-host: number of processes",
+    "process_id": "multi-host: this process's index, 0 .. N-1",
 }
 
 

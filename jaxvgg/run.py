@@ -14,11 +14,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.config import TrainConfig, load_run_config
+from jaxvgg.config import INVOCATION_SETTINGS, TrainConfig, load_run_config
 from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
 from jaxvgg.data.split import Split, load_split, make_split, save_split
 from jaxvgg.errors import UserError
@@ -33,6 +33,8 @@ class RunContext:
     data: ImageFolderIndex
     split: Split
     history: list[dict[str, Any]]
+    main: bool = True  # this process writes files (process 0 of a multi-host run)
+    barrier: Callable[[str], None] = lambda name: None  # all processes wait here
 
     @property
     def classes(self) -> list[str]:
@@ -51,8 +53,13 @@ def data_root(cfg: TrainConfig) -> Path:
     return ensure_dataset(cfg.dataset_seed, cfg.dataset_counts)
 
 
-def prepare_run(cfg: TrainConfig, framework: str) -> RunContext:
-    """Resolve data and split, create (or reopen, with ``--resume``) the run folder."""
+def prepare_run(
+    cfg: TrainConfig, framework: str, main: bool = True, barrier: Callable[[str], None] = lambda name: None
+) -> RunContext:
+    """Resolve data and split, create (or reopen, with ``--resume``) the run folder.
+
+    Only the ``main`` process writes; the others wait at ``barrier`` until it has.
+    """
     history: list[dict[str, Any]] = []
     if cfg.resume:
         out_dir = Path(cfg.resume)
@@ -60,13 +67,14 @@ def prepare_run(cfg: TrainConfig, framework: str) -> RunContext:
         if saved.model != cfg.model and cfg.model != TrainConfig.model:
             raise UserError(f"{out_dir}: run trained {saved.model}, not {cfg.model}")
         # The run continues as it was configured; only settings of this invocation change.
-        cfg = dataclasses.replace(saved, resume=cfg.resume, max_steps=cfg.max_steps, workers=cfg.workers)
+        cfg = dataclasses.replace(saved, resume=cfg.resume, **{k: getattr(cfg, k) for k in INVOCATION_SETTINGS})
         hist = out_dir / "history.json"
         history = json.loads(hist.read_text()) if hist.exists() else []
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
@@ -84,11 +92,13 @@ def prepare_run(cfg: TrainConfig, framework: str) -> RunContext:
         )
     if not split.subsets["test"]:
         raise UserError(f"{root}: the test split is empty; the data set is too small to split")
-    save_split(split, root, out_dir / "split.json")
-    (out_dir / "config.json").write_text(
-        json.dumps({**cfg.to_json(), "framework": framework, "classes": split.classes}, indent=2)
-    )
-    return RunContext(cfg, out_dir, data, split, history)
+    if main:
+        save_split(split, root, out_dir / "split.json")
+        (out_dir / "config.json").write_text(
+            json.dumps({**cfg.to_json(), "framework": framework, "classes": split.classes}, indent=2)
+        )
+    barrier("run folder ready")
+    return RunContext(cfg, out_dir, data, split, history, main, barrier)
 
 
 @dataclasses.dataclass
@@ -135,8 +145,9 @@ def end_epoch(
         "train_images_per_s": sums.count / train_s,
     }
     ctx.history.append(row)
-    _write_json(ctx.out_dir / "history.json", ctx.history)
-    plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
+    if ctx.main:
+        _write_json(ctx.out_dir / "history.json", ctx.history)
+        plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
     print(
         f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
         f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
@@ -192,6 +203,8 @@ def non_finite_message(ctx: RunContext, value: float, epoch: int, batch: int, ch
 def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict[str, Any]) -> dict[str, Any]:
     """Write ``metrics.json`` and ``confusion.png`` for the best model on the test split."""
     report = {**classification_report(labels, preds, ctx.classes), **extra}
+    if not ctx.main:
+        return report
     _write_json(ctx.out_dir / "metrics.json", report)
     plot_confusion(
         report["confusion_matrix"],

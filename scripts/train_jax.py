@@ -2,6 +2,7 @@
 
 python scripts/train_jax.py                       # built-in dataset, a few minutes on a laptop CPU
 python scripts/train_jax.py --preset tutorial --data-dir PotatoPlants/
+python scripts/train_jax.py --coordinator HOST:PORT --num-processes N --process-id I ...   # one per host
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from jaxvgg.config import add_arguments, config_from_args
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args())
+    args = parser.parse_args()
+    from jaxvgg.parallel import initialize
+
+    # Before anything touches a JAX backend, which validating the flags may do.
+    initialize(args.coordinator, args.num_processes or 1, args.process_id or 0)
+    cfg = config_from_args(args)
     from jaxvgg.train.loop import fit
 
     fit(cfg)

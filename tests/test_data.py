@@ -166,3 +166,21 @@ def test_loader_is_deterministic_resumable_and_pads_eval_batches(tiny_data):
     batches = list(evaluation.epoch(0))
     assert len(batches) == 8 and batches[-1].weight.tolist() == [1, 1] + [0] * 8
     assert sum(int(b.weight.sum()) for b in batches) == 72
+
+
+def test_process_shards_of_the_loader_make_up_the_single_process_batches(tiny_data):
+    data = scan_image_folder(tiny_data)
+    for train, pipeline in ((True, Pipeline(32, augment=True)), (False, Pipeline(32))):
+
+        def batches(shard, train=train, pipeline=pipeline):
+            loader = Loader(data.root, data.samples, pipeline, 10, train=train, seed=1, workers=2, shard=shard)
+            return list(loader.epoch(2))
+
+        whole, first, second = batches((0, 1)), batches((0, 2)), batches((1, 2))
+        assert len(whole) == len(first) == len(second)
+        for w, a, b in zip(whole, first, second, strict=True):
+            assert a.image.shape[0] == b.image.shape[0] == 5
+            for field in ("image", "label", "weight"):
+                np.testing.assert_array_equal(getattr(w, field), np.concatenate([getattr(a, field), getattr(b, field)]))
+    # The last eval batch of 72 images holds 2 real rows, both in the first process's half.
+    assert second[-1].weight.tolist() == [0] * 5 and first[-1].weight.tolist() == [1, 1, 0, 0, 0]

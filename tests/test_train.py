@@ -14,6 +14,7 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as loop_module
+from jaxvgg.train import steps as steps_module
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 
 
@@ -106,19 +107,14 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    real = loop_module.compile_steps
+    real = steps_module.train_step
 
-    def poisoned():
-        train_step, eval_step = real()
+    def poisoned(state, batch):
+        state, m = real(state, batch)
+        bad = jnp.where(state.step > 9, jnp.nan, m["loss_sum"])  # second epoch
+        return state, {**m, "loss_sum": bad}
 
-        def step(state, batch):
-            state, m = train_step(state, batch)
-            bad = jnp.where(state.step > 9, jnp.nan, m["loss_sum"])  # second epoch
-            return state, {**m, "loss_sum": bad}
-
-        return step, eval_step
-
-    monkeypatch.setattr(loop_module, "compile_steps", poisoned)
+    monkeypatch.setattr(steps_module, "train_step", poisoned)
     with pytest.raises(loop_module.NonFiniteLoss, match="loss became nan at epoch 2"):
         loop_module.fit(tiny_config(tiny_data, tmp_path / "run"))
     meta, _ = params_of(tmp_path / "run")

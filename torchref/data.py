@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from jaxvgg.data.folder import load_rgb
@@ -38,21 +38,31 @@ def train_transform(image_size: int, augment: bool) -> transforms.Compose:
     )
 
 
-class EpochSampler(Sampler[int]):
-    """A shuffle fixed by (seed, epoch), startable mid-epoch so a resumed run sees the same order."""
+class EpochSampler(DistributedSampler):
+    """The training order: a shuffle fixed by (seed, epoch), whole global batches only, startable
+    mid-epoch so a resumed run sees the same order.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    With ``num_replicas`` processes, each global batch of ``batch_size`` is split between them
+    (DistributedSampler's interleaving), so together they see exactly the batches one process
+    would; gradients averaged by DDP are then the same global-batch means.
+    """
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+    def __init__(self, n: int, seed: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.n, self.batch_size, self.start_batch = n, batch_size, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start_batch = start_batch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start :].tolist())
+        used = self.n // self.batch_size * self.batch_size
+        order = torch.randperm(self.n, generator=g)[self.start_batch * self.batch_size : used]
+        return iter(order[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return (self.n // self.batch_size - self.start_batch) * self.batch_size // self.num_replicas
 
 
 def subset(root: str | os.PathLike, paths: list[str], transform) -> Subset:
@@ -65,12 +75,24 @@ def subset(root: str | os.PathLike, paths: list[str], transform) -> Subset:
     return Subset(folder, list(range(len(folder))))
 
 
-def make_loader(root, paths: list[str], transform, batch_size: int, train: bool, seed: int, workers: int) -> DataLoader:
+def make_loader(
+    root,
+    paths: list[str],
+    transform,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    workers: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
+    """``batch_size`` is the global batch; each of ``num_replicas`` training processes loads its share.
+    Evaluation loaders are not split: every process evaluates the whole subset."""
     data = subset(root, paths, transform)
-    sampler = EpochSampler(len(data), seed) if train else None
+    sampler = EpochSampler(len(data), seed, batch_size, num_replicas, rank) if train else None
     return DataLoader(
         data,
-        batch_size=batch_size,
+        batch_size=batch_size // num_replicas if train else batch_size,
         sampler=sampler,
         drop_last=train,
         num_workers=workers,

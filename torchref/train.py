@@ -31,6 +31,7 @@ from jaxvgg.run import (
 from jaxvgg.transfer import freeze_rule
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
+from torchref.distributed import init_distributed
 from torchref.transfer import freeze, load_starting_weights, train_mode
 
 LAST, BEST = "last.pth", "best.pth"
@@ -94,7 +95,8 @@ def evaluate(model: nn.Module, loader, device, criterion, desc: str = "eval") ->
     labels, preds = [], []
     t0 = time.perf_counter()
     with torch.no_grad():
-        for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        quiet = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+        for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet):
             x, y = x.to(device), y.to(device)
             out = model(x)
             loss += criterion(out, y).item() * len(y)
@@ -114,9 +116,15 @@ def evaluate(model: nn.Module, loader, device, criterion, desc: str = "eval") ->
 
 
 def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
-    ctx = prepare_run(cfg, "torch")
+    ddp = init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    if cfg.batch_size % ddp.world:
+        raise UserError(f"--batch-size {cfg.batch_size} does not split evenly over {ddp.world} processes")
+    ctx = prepare_run(cfg, "torch", main=ddp.is_main, barrier=ddp.barrier)
     cfg = ctx.cfg
     dev = pick_device(device)
+    if ddp.active and dev.type == "cuda":  # one GPU per process
+        dev = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(dev)
     torch.manual_seed(cfg.seed)
     workers = 2 if cfg.workers is None else min(cfg.workers, 4)  # DataLoader processes; 0 loads in-process
     root = ctx.data.root
@@ -128,7 +136,10 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         True,
         cfg.seed,
         workers,
+        ddp.world,
+        ddp.rank,
     )
+    batches_per_epoch = len(train)
     val = make_loader(
         root,
         ctx.split.subsets[ctx.val_subset],
@@ -143,7 +154,11 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     if source and not cfg.resume:
         print(load_starting_weights(model, cfg.model, source, replace_head=bool(cfg.pretrained)))
     model = model.to(dev)
-    frozen_bn = freeze(model, freeze_rule(cfg.model, cfg.freeze))
+    is_frozen = freeze_rule(cfg.model, cfg.freeze)
+    freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
+    net = ddp.wrap(model, dev)  # what trains; `model` is what is saved and evaluated
+    model = net.module if ddp.active else net
+    frozen_bn = freeze(model, is_frozen)
     # Frozen parameters are not given to the optimizer, so it keeps no state for them.
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = make_scheduler(cfg, optimizer)
@@ -172,11 +187,18 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     print(
         f"{cfg.model}: {n_params:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
-        f"{len(train)} batches of {cfg.batch_size} per epoch, "
+        f"{batches_per_epoch} batches of {cfg.batch_size} per epoch, "
         f"{len(ctx.split.subsets['train'])} train / {len(val.dataset)} {ctx.val_subset} images, device {dev}"
+        + (f", {ddp.world} processes (DDP)" if ddp.active else "")
     )
 
     def save_last(epoch: int, batch: int, sums: EpochSums | None = None) -> None:
+        """Rank 0 writes; every rank waits until it has."""
+        if ddp.is_main:
+            _save_last(epoch, batch, sums)
+        ddp.barrier()
+
+    def _save_last(epoch: int, batch: int, sums: EpochSums | None) -> None:
         _save(
             ctx.out_dir / LAST,
             {
@@ -199,24 +221,25 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     first_step_s, t_start, stopped = None, time.perf_counter(), "finished"
     for epoch in range(start_epoch, cfg.epochs):
         batch_idx = start_batch if epoch == start_epoch else 0
-        train.sampler.set_epoch(epoch, batch_idx * cfg.batch_size)
+        train.sampler.set_epoch(epoch, batch_idx)
         lr = optimizer.param_groups[0]["lr"]
-        train_mode(model, frozen_bn)
+        train_mode(net, frozen_bn)
         t0 = time.perf_counter()
         sums = EpochSums(**resume_sums) if epoch == start_epoch and start_batch > 0 else EpochSums()
         bar = tqdm(
             train,
-            total=len(train),
+            total=batches_per_epoch,
             initial=batch_idx,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             dynamic_ncols=True,
+            disable=not ddp.is_main,
         )
         try:  # Ctrl-C while training or validating saves the exact position
             for x, y in bar:
                 x, y = x.to(dev), y.to(dev)
                 optimizer.zero_grad()
-                out = model(x)
+                out = net(x)
                 loss = criterion(out, y)
                 loss.backward()
                 optimizer.step()
@@ -229,7 +252,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 sums.add(value * len(y), (out.argmax(1) == y).sum().item(), len(y))
                 batch_idx += 1
                 bar.set_postfix(sums.postfix(time.perf_counter() - t0))
-                if cfg.max_steps is not None and step >= cfg.max_steps and batch_idx < len(train):
+                if cfg.max_steps is not None and step >= cfg.max_steps and batch_idx < batches_per_epoch:
                     raise _StepLimit
             bar.close()
             train_s = time.perf_counter() - t0
@@ -246,13 +269,17 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, bad_epochs = ev["acc"], 0
-                _save(
-                    ctx.out_dir / BEST,
-                    {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
-                )
+                if ddp.is_main:
+                    _save(
+                        ctx.out_dir / BEST,
+                        {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
+                    )
             else:
                 bad_epochs += 1
-            end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
+            # Every process evaluated the whole validation set; training statistics are summed over them.
+            end_epoch(
+                ctx, epoch, lr, EpochSums(*ddp.sum(sums.loss, sums.correct, sums.count)), ev, t0, train_s, improved
+            )
             save_last(epoch + 1, 0)
         if reason := early_stop_reason(ctx, bad_epochs):
             stopped = reason
@@ -260,6 +287,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         if cfg.max_steps is not None and step >= cfg.max_steps:
             stopped = f"stopped after --max-steps {cfg.max_steps}"
             break
+    ddp.barrier()
     best, meta = load_model(ctx.out_dir, BEST, dev)
     test = make_loader(
         root, ctx.split.subsets["test"], eval_transform(cfg.image_size), cfg.batch_size, False, cfg.seed, workers

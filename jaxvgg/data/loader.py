@@ -37,6 +37,10 @@ class Loader:
     ``train=True`` shuffles every epoch and drops the last short batch (one compiled shape,
     and no tiny batch skewing BatchNorm statistics); otherwise the order is fixed and the last
     batch is padded to full size with ``weight == 0``.
+
+    ``batch_size`` is the global batch. With ``shard=(i, n)`` (process ``i`` of ``n`` in a
+    multi-host run) each batch holds only rows ``[i*b/n, (i+1)*b/n)`` of the global batch, so
+    the processes together load every image once and in the same order as a single process.
     """
 
     def __init__(
@@ -49,7 +53,11 @@ class Loader:
         seed: int = 0,
         workers: int | None = None,
         prefetch: int = 4,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        index, count = shard
+        if batch_size % count:
+            raise ValueError(f"batch size {batch_size} does not split over {count} processes")
         self.root = Path(root)
         self.samples = samples
         self.pipeline = pipeline
@@ -58,6 +66,7 @@ class Loader:
         self.seed = seed
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.prefetch = prefetch
+        self.rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
 
     def __len__(self) -> int:
         n = len(self.samples)
@@ -77,6 +86,7 @@ class Loader:
         """The batches of ``epoch``, from ``start_batch`` on (for resuming mid-epoch)."""
         order = self.order(epoch)
         bs = self.batch_size
+        local = self.rows.stop - self.rows.start
         pending: collections.deque[tuple[list[Future], np.ndarray, int]] = collections.deque()
         batches = iter(range(start_batch, len(self)))
         with ThreadPoolExecutor(self.workers) as pool:
@@ -85,7 +95,8 @@ class Loader:
                 b = next(batches, None)
                 if b is None:
                     return False
-                positions = np.arange(b * bs, min((b + 1) * bs, len(order)))
+                positions = np.arange(b * bs, (b + 1) * bs)[self.rows]
+                positions = positions[positions < len(order)]  # the rest is padding
                 futures = [pool.submit(self._load, epoch, int(p), int(order[p])) for p in positions]
                 pending.append((futures, order[positions], len(positions)))
                 return True
@@ -95,11 +106,12 @@ class Loader:
             while pending:
                 futures, indices, n = pending.popleft()
                 submit()
-                images = np.stack([f.result() for f in futures])
+                images = np.stack([f.result() for f in futures] or [np.zeros(self.pipeline.output_shape, np.uint8)])
                 labels = np.array([self.samples[i][1] for i in indices], np.int32)
-                weight = np.ones(bs, np.float32)
-                if n < bs:  # pad a short eval batch to the compiled shape
-                    images = np.concatenate([images, np.zeros((bs - n, *images.shape[1:]), np.uint8)])
-                    labels = np.concatenate([labels, np.zeros(bs - n, np.int32)])
+                weight = np.ones(local, np.float32)
+                if n < local:  # pad a short eval batch to the compiled shape
+                    shape = (local - n, *self.pipeline.output_shape)
+                    images = np.concatenate([images[:n], np.zeros(shape, np.uint8)])
+                    labels = np.concatenate([labels, np.zeros(local - n, np.int32)])
                     weight[n:] = 0
                 yield Batch(images, labels, weight)

@@ -83,6 +83,10 @@ class Pipeline:
     image_size: int
     augment: bool = False
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
         if self.augment:
             if rng is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
+from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.run import (
     EpochSums,
     RunContext,
@@ -29,11 +31,10 @@ from jaxvgg.run import (
     peak_rss_mb,
     prepare_run,
 )
-from jaxvgg.train import checkpoint
+from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
-from jaxvgg.train.steps import compile_steps
 from jaxvgg.transfer import freeze_rule, param_labels, starting_variables
 
 LAST, BEST = "last.msgpack", "best.msgpack"
@@ -101,7 +102,10 @@ def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
 
 
 def save_state(path: Path, ctx: RunContext, state: TrainState, **progress: Any) -> None:
-    checkpoint.save(path, _state_tree(state), _meta(ctx, **progress))
+    """Process 0 writes; in a multi-host run every process waits until the file is there."""
+    if ctx.main:
+        checkpoint.save(path, local_copy(_state_tree(state)), _meta(ctx, **progress))
+    ctx.barrier(f"saved {path.name}")
 
 
 def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, dict[str, Any]]:
@@ -134,17 +138,22 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
     return model, variables, meta
 
 
-def evaluate(state: TrainState, loader: Loader, eval_step, desc: str = "eval") -> dict[str, Any]:
+def evaluate(
+    state: TrainState, loader: Loader, eval_step, desc: str = "eval", put: Callable = lambda batch: batch
+) -> dict[str, Any]:
+    """Loss, accuracy and predictions over ``loader``; ``put`` places a batch (e.g. shards it)."""
     loss = correct = count = 0.0
     labels, preds = [], []
     t0 = time.perf_counter()
-    for batch in tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch"):
-        m = eval_step(state, batch.as_dict())
-        keep = batch.weight > 0
+    bar = tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
+    for batch in bar:
+        m = local_copy(eval_step(state, put(batch.as_dict())))
         loss += float(m["loss_sum"])
         correct += float(m["correct"])
         count += float(m["count"])
-        labels += batch.label[keep].tolist()
+        # The metrics cover the global batch; with several processes this one holds only its rows.
+        keep = np.asarray(m["weight"]) > 0
+        labels += np.asarray(m["label"])[keep].tolist()
         preds += np.asarray(m["logits"]).argmax(-1)[keep].tolist()
     return {
         "loss": loss / max(count, 1),
@@ -157,9 +166,12 @@ def evaluate(state: TrainState, loader: Loader, eval_step, desc: str = "eval") -
 
 def fit(cfg: TrainConfig) -> dict[str, Any] | None:
     """Train as configured; returns the test-split report of the best model (None if stopped mid-epoch)."""
-    ctx = prepare_run(cfg, "jax")
+    par = DataParallel.create(cfg.devices)
+    par.check_batch_size(cfg.batch_size)
+    ctx = prepare_run(cfg, "jax", main=par.is_main, barrier=par.barrier)
     cfg = ctx.cfg
     root = ctx.data.root
+    shard = (jax.process_index(), jax.process_count())
     train = Loader(
         root,
         ctx.split.samples("train"),
@@ -168,6 +180,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         train=True,
         seed=cfg.seed,
         workers=cfg.workers,
+        shard=shard,
     )
     val = Loader(
         root,
@@ -176,6 +189,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         cfg.batch_size,
         train=False,
         workers=cfg.workers,
+        shard=shard,
     )
     state = build_state(cfg, len(ctx.classes), len(train), load_weights=not cfg.resume)
     start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
@@ -185,13 +199,15 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         best_acc, bad_epochs, resume_sums = meta["best_acc"], meta["bad_epochs"], meta.get("sums", {})
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
-    train_step, eval_step = compile_steps()
+    state = par.replicate(state)
+    train_step, eval_step = par.compile_steps(steps.train_step, steps.eval_step)
     n_train, n_frozen = trainable_count(state, cfg)
     print(
         f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
         f"{len(train)} batches of {cfg.batch_size} per epoch, "
         f"{len(ctx.split.subsets['train'])} train / {len(val.samples)} {ctx.val_subset} images, "
-        f"device {jax.devices()[0].platform}"
+        f"{par.size} {jax.devices()[0].platform} device(s)"
+        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
     )
     first_step_s = None
     t_start = time.perf_counter()
@@ -209,10 +225,12 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             dynamic_ncols=True,
+            disable=not par.is_main,
         )
         try:  # Ctrl-C while training or validating saves the exact position
             for batch in bar:
-                state, m = train_step(state, batch.as_dict())
+                state, m = train_step(state, par.shard(batch.as_dict()))
+                m = local_copy(m)
                 batch_loss = float(m["loss_sum"])
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
@@ -225,7 +243,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
                     raise _StepLimit
             bar.close()
             train_s = time.perf_counter() - t0
-            ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}")
+            ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}", put=par.shard)
         except (KeyboardInterrupt, _StepLimit) as stop:
             bar.close()
             save_state(
@@ -246,7 +264,10 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, bad_epochs = ev["acc"], 0
-                checkpoint.save(ctx.out_dir / BEST, state.variables, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
+                if ctx.main:
+                    checkpoint.save(
+                        ctx.out_dir / BEST, local_copy(state.variables), _meta(ctx, epoch=epoch + 1, val_acc=best_acc)
+                    )
             else:
                 bad_epochs += 1
             end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
@@ -259,12 +280,16 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         if cfg.max_steps is not None and int(state.step) >= cfg.max_steps:
             stopped = f"stopped after --max-steps {cfg.max_steps}"
             break
-    return test_best(ctx, state, eval_step, stopped, first_step_s)
+    return test_best(ctx, state, eval_step, stopped, first_step_s, par)
 
 
-def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first_step_s: float | None) -> dict:
+def test_best(
+    ctx: RunContext, state: TrainState, eval_step, stopped: str, first_step_s: float | None, par: DataParallel
+) -> dict:
     cfg = ctx.cfg
+    ctx.barrier("best checkpoint written")
     _, variables, meta = load_variables(ctx.out_dir)
+    variables = par.replicate(variables)
     state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
     test = Loader(
         ctx.data.root,
@@ -273,8 +298,9 @@ def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first
         cfg.batch_size,
         train=False,
         workers=cfg.workers,
+        shard=(jax.process_index(), jax.process_count()),
     )
-    ev = evaluate(state, test, eval_step, desc="test")
+    ev = evaluate(state, test, eval_step, desc="test", put=par.shard)
     report = finish_run(
         ctx,
         ev["labels"],
@@ -297,3 +323,7 @@ def test_best(ctx: RunContext, state: TrainState, eval_step, stopped: str, first
         f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
     )
     return report
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0

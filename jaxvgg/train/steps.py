@@ -55,7 +55,8 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     logits = state.apply_fn(state.variables, normalize(batch["image"]), train=False)
     _, loss_sum = cross_entropy(logits, batch["label"], batch["weight"])
-    return {**_metrics(logits, batch, loss_sum), "logits": logits}
+    # Labels and weights come back with the logits: under a multi-host mesh they are the global batch.
+    return {**_metrics(logits, batch, loss_sum), "logits": logits, "label": batch["label"], "weight": batch["weight"]}
 
 
 def compile_steps(donate: bool = True):
