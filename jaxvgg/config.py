@@ -42,6 +42,11 @@ class TrainConfig:
     pretrained: str | None = None  # starting weights (.pth or run folder); a head that does not fit is replaced
     init_from: str | None = None  # starting weights that must fit exactly (a run folder or .pth)
     freeze: str = "none"  # none, backbone, or comma-separated torch module prefixes
+    prune_amount: float = 0.0  # L1-prune this fraction of conv/linear weights at the start, keep them 0
+    prune_scope: str = "layer"  # per layer (l1_unstructured) or global (global_unstructured)
+    teacher: str | None = None  # knowledge distillation from this run folder
+    temperature: float = 4.0  # distillation softmax temperature T
+    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha for the labels
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
@@ -116,6 +121,12 @@ _HELP = {
     "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
     "such as features,classifier.0",
     "max_steps": "stop after this many optimizer steps",
+    "prune_amount": "L1-prune this fraction of every conv/linear weight of the starting model "
+    "(with --init-from/--pretrained) and fine-tune with the pruned weights held at 0",
+    "prune_scope": "layer (torch l1_unstructured per layer) or global (global_unstructured)",
+    "teacher": "knowledge distillation: a trained run folder (JAX or PyTorch) whose model teaches this one",
+    "temperature": "distillation temperature T",
+    "alpha": "distillation: weight of the teacher term (1 - alpha weighs the labels)",
     "devices": "data-parallel over the first N devices (default: all; --batch-size is the global batch)",
     "coordinator": "multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
     "num_processes": "multi-host: number of processes",
@@ -173,6 +184,21 @@ def validate(cfg: TrainConfig) -> None:
         from jaxvgg.transfer import check_freeze
 
         check_freeze(cfg.model, cfg.freeze, cfg.image_size)
+    if not 0.0 <= cfg.prune_amount < 1.0:
+        raise UserError(f"--prune-amount {cfg.prune_amount}: must be in [0, 1)")
+    if cfg.prune_scope not in ("layer", "global"):
+        raise UserError(f"--prune-scope {cfg.prune_scope!r}: choose layer or global")
+    if cfg.teacher:
+        teacher = load_run_config(cfg.teacher)  # a clear error if it is not a run folder
+        from jaxvgg.models.specs import get_spec
+
+        if get_spec(teacher.model).sized and teacher.image_size != cfg.image_size:
+            raise UserError(
+                f"--teacher {cfg.teacher}: {teacher.model} only takes {teacher.image_size} px images, "
+                f"not --image-size {cfg.image_size}"
+            )
+    if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
+        raise UserError("--temperature must be positive and --alpha in [0, 1]")
     if cfg.pretrained and cfg.init_from:
         raise UserError("give --pretrained or --init-from, not both")
     for flag, source in (("--pretrained", cfg.pretrained), ("--init-from", cfg.init_from)):

@@ -130,3 +130,13 @@ def flax_summary(
 
     jax.eval_shape(forward, variables, x)
     return Summary(rows, (3, image_size, image_size))
+
+
+def model_macs(name: str, image_size: int, num_classes: int = 3) -> int:
+    """Forward multiply-adds per image of a zoo model (from an abstract pass; nothing is computed)."""
+    from jaxvgg.models import create_model, variable_shapes
+    from jaxvgg.models.specs import get_spec
+
+    options = {"image_size": image_size} if get_spec(name).sized else {}
+    model = create_model(name, num_classes, **options)
+    return flax_summary(model, variable_shapes(model, image_size), image_size).macs

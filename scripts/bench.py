@@ -35,17 +35,6 @@ def batch_data(batch_size: int, image_size: int, seed: int = 0) -> tuple[np.ndar
     )
 
 
-def model_macs(model: str, image_size: int) -> int:
-    import jaxvgg
-    from jaxvgg.models import variable_shapes
-    from jaxvgg.models.specs import get_spec
-    from jaxvgg.summary import flax_summary
-
-    options = {"image_size": image_size} if get_spec(model).sized else {}
-    m = jaxvgg.create_model(model, 3, **options)
-    return flax_summary(m, variable_shapes(m, image_size), image_size).macs
-
-
 def timed(fn, steps: int) -> tuple[float, list[float]]:
     t0 = time.perf_counter()
     fn()
@@ -198,6 +187,8 @@ def run_case(framework: str, model: str, image_size: int, batch_size: int, steps
 
 
 def bench(model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int) -> dict:
+    from jaxvgg.summary import model_macs
+
     macs = model_macs(model, image_size)
     row = {"model": model, "image_size": image_size, "batch_size": batch_size, "macs_per_image": macs}
     for fw in frameworks:

@@ -13,7 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 import torchref
-from jaxvgg.config import TrainConfig
+from jaxvgg.compress.prune import compact_bytes, format_sparsity
+from jaxvgg.config import TrainConfig, load_run_config
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
 from jaxvgg.run import (
@@ -29,6 +30,7 @@ from jaxvgg.run import (
     prepare_run,
 )
 from jaxvgg.transfer import freeze_rule
+from torchref.compress import add_pruning_slots, distillation_loss, plain_state_dict, prune_model, sparsity
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
 from torchref.distributed import init_distributed
@@ -153,6 +155,13 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     source = cfg.pretrained or cfg.init_from
     if source and not cfg.resume:
         print(load_starting_weights(model, cfg.model, source, replace_head=bool(cfg.pretrained)))
+    if cfg.prune_amount and cfg.resume:
+        add_pruning_slots(model)  # the checkpoint holds weight_orig + weight_mask
+    elif cfg.prune_amount:
+        prune_model(model, cfg.prune_amount, cfg.prune_scope)
+        print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
+        print(format_sparsity(sparsity(model)))
+    teacher = load_teacher(cfg, len(ctx.classes), dev) if cfg.teacher else None
     model = model.to(dev)
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
@@ -240,7 +249,12 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 x, y = x.to(dev), y.to(dev)
                 optimizer.zero_grad()
                 out = net(x)
-                loss = criterion(out, y)
+                if teacher is None:
+                    loss = criterion(out, y)
+                else:
+                    with torch.no_grad():
+                        teacher_out = teacher(x)
+                    loss = distillation_loss(out, teacher_out, y, cfg.temperature, cfg.alpha)
                 loss.backward()
                 optimizer.step()
                 step += 1
@@ -272,7 +286,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 if ddp.is_main:
                     _save(
                         ctx.out_dir / BEST,
-                        {"model": model.state_dict(), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
+                        {"model": plain_state_dict(model), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
                     )
             else:
                 bad_epochs += 1
@@ -314,7 +328,31 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
         f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
     )
+    if cfg.prune_amount and ddp.is_main:
+        write_sparse_best(ctx.out_dir, best)
     return report
+
+
+def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The teacher run's best model (JAX or PyTorch run folder), in eval mode."""
+    teacher_cfg = load_run_config(cfg.teacher)
+    options = {"image_size": teacher_cfg.image_size} if get_spec(teacher_cfg.model).sized else {}
+    teacher = torchref.create_model(teacher_cfg.model, num_classes, **options)
+    load_starting_weights(teacher, teacher_cfg.model, cfg.teacher, replace_head=False)
+    print(f"teacher: {teacher_cfg.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def write_sparse_best(run_dir: Path, model: nn.Module) -> Path:
+    """The pruned best weights in the compact form jaxvgg uses (bit-mask + non-zeros)."""
+    path = run_dir / "best.sparse.msgpack"
+    path.write_bytes(compact_bytes({k: v.cpu().numpy() for k, v in model.state_dict().items()}))
+    print(format_sparsity(sparsity(model)))
+    dense = (run_dir / BEST).stat().st_size
+    print(f"{BEST}: {dense / 1e6:.2f} MB; {path.name}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
+    return path
 
 
 class _StepLimit(Exception):

@@ -11,10 +11,14 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from tqdm import tqdm
 
 import jaxvgg
-from jaxvgg.config import TrainConfig
+from jaxvgg.compress import prune
+from jaxvgg.compress.distill import Distillation
+from jaxvgg.config import TrainConfig, load_run_config
+from jaxvgg.convert import torch_to_flax
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
@@ -35,9 +39,10 @@ from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
-from jaxvgg.transfer import freeze_rule, param_labels, starting_variables
+from jaxvgg.transfer import freeze_rule, param_labels, read_weights, starting_variables
 
 LAST, BEST = "last.msgpack", "best.msgpack"
+SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights, compact
 
 
 class NonFiniteLoss(UserError):
@@ -53,7 +58,8 @@ def model_options(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_weights: bool = True) -> TrainState:
-    """A fresh state; with ``load_weights``, starting from ``--pretrained``/``--init-from`` weights."""
+    """A fresh state; with ``load_weights``, starting from ``--pretrained``/``--init-from`` weights
+    (pruned by ``--prune-amount``). A resumed run passes ``load_weights=False`` and restores over it."""
     model = jaxvgg.create_model(cfg.model, num_classes, **model_options(cfg))
     variables = jaxvgg.init_variables(model, cfg.image_size, cfg.seed)
     source = cfg.pretrained or cfg.init_from
@@ -62,13 +68,38 @@ def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_w
             cfg.model, variables, source, replace_head=bool(cfg.pretrained), **model_options(cfg)
         )
         print(report)
+    if cfg.prune_amount and load_weights:
+        masks = prune.l1_masks(variables["params"], cfg.prune_amount, cfg.prune_scope)
+        variables = {**variables, "params": prune.apply_masks(variables["params"], masks)}
+        print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
+        print(prune.format_sparsity(prune.sparsity(variables["params"])))
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
     tx = freeze_optimizer(
         make_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum), variables["params"], is_frozen
     )
+    if cfg.prune_amount:
+        tx = optax.chain(tx, prune.keep_zeros())
     apply_fn = frozen_batchnorm_apply(model.apply, is_frozen)
-    return create_train_state(model, variables, tx, cfg.seed, apply_fn)
+    state = create_train_state(model, variables, tx, cfg.seed, apply_fn)
+    if cfg.teacher:
+        teacher_model, teacher_variables = load_teacher(cfg, num_classes)
+        state = state.replace(
+            teacher=teacher_variables,
+            teacher_apply=teacher_model.apply,
+            distillation=Distillation(cfg.temperature, cfg.alpha),
+        )
+    return state
+
+
+def load_teacher(cfg: TrainConfig, num_classes: int) -> tuple[Any, dict[str, Any]]:
+    """The teacher run's model and best weights (a JAX or a PyTorch run folder)."""
+    teacher_cfg = load_run_config(cfg.teacher)
+    options = {"image_size": teacher_cfg.image_size} if get_spec(teacher_cfg.model).sized else {}
+    model = jaxvgg.create_model(teacher_cfg.model, num_classes, **options)
+    variables = torch_to_flax(teacher_cfg.model, read_weights(cfg.teacher), num_classes, **options)
+    print(f"teacher: {teacher_cfg.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
+    return model, variables
 
 
 def trainable_count(state: TrainState, cfg: TrainConfig) -> tuple[int, int]:
@@ -280,7 +311,21 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
         if cfg.max_steps is not None and int(state.step) >= cfg.max_steps:
             stopped = f"stopped after --max-steps {cfg.max_steps}"
             break
-    return test_best(ctx, state, eval_step, stopped, first_step_s, par)
+    report = test_best(ctx, state, eval_step, stopped, first_step_s, par)
+    if cfg.prune_amount and ctx.main:
+        write_sparse_best(ctx.out_dir)
+    return report
+
+
+def write_sparse_best(run_dir: Path) -> Path:
+    """The best weights of a pruned run in the compact form (bit-mask + non-zeros), with a report."""
+    _, variables, _ = load_variables(run_dir)
+    path = run_dir / SPARSE_BEST
+    path.write_bytes(prune.compact_bytes(variables))
+    print(prune.format_sparsity(prune.sparsity(variables["params"])))
+    dense = (run_dir / BEST).stat().st_size
+    print(f"{BEST}: {dense / 1e6:.2f} MB; {SPARSE_BEST}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
+    return path
 
 
 def test_best(

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxvgg.compress.distill import distillation_loss
 from jaxvgg.data.transforms import normalize
 from jaxvgg.train.state import TrainState
 
@@ -35,6 +36,10 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = normalize(batch["image"])
 
+    teacher_logits = None
+    if state.teacher_apply is not None:  # once per batch, inside the compiled step
+        teacher_logits = jax.lax.stop_gradient(state.teacher_apply(state.teacher, images, train=False))
+
     def loss_fn(params: Any):
         variables = {"params": params}
         if state.batch_stats:
@@ -42,7 +47,13 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         logits, updates = state.apply_fn(
             variables, images, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
         )
-        loss, loss_sum = cross_entropy(logits, batch["label"], batch["weight"])
+        if teacher_logits is None:
+            loss, loss_sum = cross_entropy(logits, batch["label"], batch["weight"])
+        else:
+            d = state.distillation
+            loss, loss_sum = distillation_loss(
+                logits, teacher_logits, batch["label"], batch["weight"], d.temperature, d.alpha
+            )
         return loss, (logits, loss_sum, updates.get("batch_stats", {}))
 
     grads, (logits, loss_sum, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)

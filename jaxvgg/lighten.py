@@ -1,0 +1,152 @@
+"""The tutorial's "making VGG-16 light" table, measured: what each lighter variant costs and keeps.
+
+Every variant is measured the same way in each framework, on the same preprocessed test images
+(uint8 arrays loaded once, normalised identically): parameters, non-zero parameters, forward
+multiply-adds, file size on disk, test accuracy and macro-F1, and CPU latency per image at batch
+1 and batch 32 (median of timed calls after a warm-up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from jaxvgg.data import Loader, Pipeline, load_split, scan_image_folder
+from jaxvgg.data.transforms import normalize
+from jaxvgg.metrics import classification_report
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str  # row label, e.g. "vgg16 pruned 30% + fine-tuned"
+    model: str  # architecture
+    run: str  # the run folder its weights come from (per framework)
+    kind: str = "float"  # "float", "pruned" or "int8"
+
+
+@dataclasses.dataclass
+class Row:
+    variant: str
+    framework: str
+    params: int
+    nonzero: int
+    macs: int
+    file_mb: float
+    accuracy: float
+    macro_f1: float
+    ms_batch1: float  # per image
+    ms_batch32: float  # per image
+
+
+def load_images(run_dir: str | Path, subset: str, image_size: int, limit: int | None = None):
+    """(uint8 NHWC images, int labels) of one subset of a run's split, preprocessed as for evaluation."""
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    from jaxvgg.config import TrainConfig
+    from jaxvgg.run import data_root
+
+    root = data_root(TrainConfig.from_json(cfg))
+    split = load_split(Path(run_dir) / "split.json", scan_image_folder(root))
+    samples = split.samples(subset)[:limit]
+    loader = Loader(root, samples, Pipeline(image_size), batch_size=len(samples), train=False)
+    batch = next(iter(loader.epoch(0)))
+    return batch.image, batch.label, split.classes
+
+
+def latency_ms(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch: int, repeats: int = 5) -> float:
+    """Median milliseconds per image of ``fn`` on a batch (cycled from ``images``) after a warm-up."""
+    x = np.resize(images, (batch, *images.shape[1:]))
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times) / batch
+
+
+def predict_all(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(images[i : i + batch])).argmax(-1) for i in range(0, len(images), batch)])
+
+
+def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path) -> Row:
+    """Measure one variant in JAX."""
+    from jaxvgg.compress import quantize
+    from jaxvgg.train.loop import BEST, SPARSE_BEST, load_variables
+
+    model, variables, _ = load_variables(variant.run)
+    apply, weights = model.apply, variables
+    file_path = Path(variant.run) / (SPARSE_BEST if variant.kind == "pruned" else BEST)
+    if variant.kind == "int8":
+        inputs = [normalize(calibration[i : i + 32]) for i in range(0, len(calibration), 32)]
+        weights = quantize.quantize(variables, quantize.calibrate(model, variables, inputs))
+        apply = quantize.quantized_apply(model)
+        file_path = out_dir / f"{Path(variant.run).name}-int8.msgpack"
+        file_path.write_bytes(serialization.msgpack_serialize(weights))
+    forward = jax.jit(lambda v, x: apply(v, normalize(x), train=False))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(weights, x))
+
+    images, labels, classes = test
+    report = classification_report(labels.tolist(), predict_all(run, images).tolist(), classes)
+    leaves = jax.tree.leaves(variables["params"])
+    return Row(
+        variant.name,
+        "JAX",
+        int(sum(np.size(p) for p in leaves)),
+        int(sum(np.count_nonzero(p) for p in leaves)),
+        macs,
+        file_path.stat().st_size / 1e6,
+        report["accuracy"],
+        report["macro_f1"],
+        latency_ms(run, images, 1),
+        latency_ms(run, images, 32),
+    )
+
+
+def format_table(rows: list[Row]) -> str:
+    head = (
+        "| variant | framework | parameters | non-zero | forward MACs | file (MB) | test accuracy | macro-F1 "
+        "| ms/image, batch 1 | ms/image, batch 32 |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r.variant} | {r.framework} | {r.params:,} | {r.nonzero:,} | {r.macs / 1e6:,.0f} M | "
+            f"{r.file_mb:.1f} | {r.accuracy:.1%} | {r.macro_f1:.3f} | {r.ms_batch1:.2f} | {r.ms_batch32:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    markers = {"JAX": "o", "PyTorch": "s"}
+    for ax, (attr, label) in zip(
+        axes, (("file_mb", "file size on disk (MB)"), ("ms_batch32", "CPU ms per image (batch 32)")), strict=True
+    ):
+        for r in rows:
+            ax.scatter(getattr(r, attr), 100 * r.accuracy, marker=markers.get(r.framework, "x"), s=50)
+            ax.annotate(f"{r.variant} ({r.framework})", (getattr(r, attr), 100 * r.accuracy), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label + ", log scale")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy against size")
+    axes[1].set_title("accuracy against latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

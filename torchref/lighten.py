@@ -1,0 +1,53 @@
+"""The torch half of the lighten table (see :mod:`jaxvgg.lighten`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from jaxvgg.lighten import Row, Variant, latency_ms, predict_all
+from jaxvgg.metrics import classification_report
+from torchref.compress import quantize_int8
+from torchref.train import BEST, load_model
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> normalised NCHW, what ToTensor + Normalize give."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def torch_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path) -> Row:
+    model, _ = load_model(variant.run, BEST, "cpu")
+    params = list(model.parameters())
+    n_params = sum(p.numel() for p in params)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+    file_path = Path(variant.run) / ("best.sparse.msgpack" if variant.kind == "pruned" else BEST)
+    if variant.kind == "int8":
+        model = quantize_int8(model, [to_tensor(calibration[i : i + 32]) for i in range(0, len(calibration), 32)])
+        file_path = out_dir / f"{Path(variant.run).name}-int8.pth"
+        torch.save(model.state_dict(), file_path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(to_tensor(x)).numpy()
+
+    images, labels, classes = test
+    report = classification_report(labels.tolist(), predict_all(run, images).tolist(), classes)
+    return Row(
+        variant.name,
+        "PyTorch",
+        n_params,
+        nonzero,
+        macs,
+        file_path.stat().st_size / 1e6,
+        report["accuracy"],
+        report["macro_f1"],
+        latency_ms(run, images, 1),
+        latency_ms(run, images, 32),
+    )
