@@ -50,6 +50,7 @@ class TrainConfig:
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+    precision: str = "fp32"  # fp32, or bf16: bfloat16 compute, float32 weights, optimizer and loss
     devices: int | None = None  # data-parallel over this many devices (default: all)
     coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
     num_processes: int = 1
@@ -67,7 +68,7 @@ class TrainConfig:
 
 
 # Settings of one invocation rather than of the run: --resume takes these from the command line.
-INVOCATION_SETTINGS = ("max_steps", "workers", "devices", "coordinator", "num_processes", "process_id")
+INVOCATION_SETTINGS = ("max_steps", "workers", "devices", "coordinator", "num_processes", "process_id", "precision")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
@@ -127,6 +128,7 @@ _HELP = {
     "teacher": "knowledge distillation: a trained run folder (JAX or PyTorch) whose model teaches this one",
     "temperature": "distillation temperature T",
     "alpha": "distillation: weight of the teacher term (1 - alpha weighs the labels)",
+    "precision": "fp32, or bf16 (mixed: bfloat16 compute, float32 master weights, optimizer and loss; torch: autocast)",
     "devices": "data-parallel over the first N devices (default: all; --batch-size is the global batch)",
     "coordinator": "multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
     "num_processes": "multi-host: number of processes",
@@ -180,6 +182,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--lr must be positive and --weight-decay non-negative")
     if cfg.patience < 1:
         raise UserError("--patience must be at least 1")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise UserError(f"--precision {cfg.precision!r}: choose fp32 or bf16")
     if cfg.freeze != "none":
         from jaxvgg.transfer import check_freeze
 

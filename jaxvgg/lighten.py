@@ -74,10 +74,16 @@ def latency_ms(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch: int, 
 
 
 def predict_all(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(images[i : i + batch])).argmax(-1) for i in range(0, len(images), batch)])
+    """Predicted classes, in batches of ``batch`` (the last one padded: one compiled shape, the one timed)."""
+    preds = []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        preds.append(np.asarray(fn(padded)).argmax(-1)[: len(chunk)])
+    return np.concatenate(preds)
 
 
-def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path) -> Row:
+def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5) -> Row:
     """Measure one variant in JAX."""
     from jaxvgg.compress import quantize
     from jaxvgg.train.loop import BEST, SPARSE_BEST, load_variables
@@ -108,8 +114,8 @@ def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, o
         file_path.stat().st_size / 1e6,
         report["accuracy"],
         report["macro_f1"],
-        latency_ms(run, images, 1),
-        latency_ms(run, images, 32),
+        latency_ms(run, images, 1, repeats),
+        latency_ms(run, images, 32, repeats),
     )
 
 

@@ -1,12 +1,15 @@
 """Time the train step and the eval step of JAX and PyTorch on the same model, batch and data.
 
-    python scripts/bench.py --model vgg16 --image-size 32 --batch-size 32 [--framework both]
-    python scripts/bench.py --sweep                 # vgg16, vgg16_gap, vgg16_dsconv, student_cnn at 32/64/112/224 px
+    python scripts/bench.py --model vgg16 --image-size 32 --batch-size 32 [--framework both] [--precision bf16]
+    python scripts/bench.py --sweep        # vgg16, vgg16_gap, vgg16_dsconv, student_cnn, resnet50 at 32/64/112/224 px
+    python scripts/bench.py --sweep --models vgg16 resnet50 --sizes 32 64
 
 Prints a table and writes JSON (--json). Each framework runs in its own child process, so peak
 memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
-is the time to the first finished train step, compilation included. Achieved FLOP/s counts
-2 x multiply-adds x 3 (forward + two backward products) per training image.
+is the time to the first finished train step, compilation included (the persistent compilation
+cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply-adds x 3
+(forward + two backward products) per training image. The JAX convolution lowering follows
+JAXVGG_CONV (auto, xla, im2col). The training loader's images/s is printed at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn")
+SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn", "resnet50")
 SWEEP_SIZES = {32: 32, 64: 16, 112: 8, 224: 4}  # image size -> batch size on a 2-core CPU
 
 
@@ -48,8 +51,9 @@ def timed(fn, steps: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def bench_jax(model: str, image_size: int, batch_size: int, steps: int) -> dict:
+def bench_jax(model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32") -> dict:
     import jax
+    import jax.numpy as jnp
 
     import jaxvgg
     from jaxvgg.models.specs import get_spec
@@ -58,6 +62,8 @@ def bench_jax(model: str, image_size: int, batch_size: int, steps: int) -> dict:
     from jaxvgg.train.steps import compile_steps
 
     options = {"image_size": image_size} if get_spec(model).sized else {}
+    if precision == "bf16":
+        options["dtype"] = jnp.bfloat16
     m = jaxvgg.create_model(model, 3, **options)
     state = create_train_state(m, jaxvgg.init_variables(m, image_size), make_optimizer("adam", 1e-4, 1e-5))
     images, labels = batch_data(batch_size, image_size)
@@ -81,21 +87,23 @@ def bench_jax(model: str, image_size: int, batch_size: int, steps: int) -> dict:
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
         "device": jax.devices()[0].device_kind,
-        "conv_lowering": os.environ.get("JAXVGG_CONV", "xla"),
+        "conv_lowering": os.environ.get("JAXVGG_CONV", "auto"),
+        "precision": precision,
     }
 
 
-def bench_torch(model: str, image_size: int, batch_size: int, steps: int) -> dict:
+def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32") -> dict:
     import torch
 
     import torchref
     from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from jaxvgg.models.specs import get_spec
     from torchref.device import pick_device
+    from torchref.precision import autocast, prepare, to_device
 
     device = pick_device()
     options = {"image_size": image_size} if get_spec(model).sized else {}
-    net = torchref.create_model(model, 3, **options).to(device)
+    net = prepare(torchref.create_model(model, 3, **options).to(device), device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5)
     images, labels = batch_data(batch_size, image_size)
     x_u8 = torch.from_numpy(images).to(device)
@@ -104,7 +112,7 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int) -> dic
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def inputs():
-        return (x_u8.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        return to_device((x_u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, device)
 
     def sync():
         if device.type == "cuda":
@@ -113,13 +121,15 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int) -> dic
     def train():
         net.train()
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(inputs()), y).backward()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(net(inputs()).float(), y)
+        loss.backward()
         opt.step()
         sync()
 
     def evaluate():
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             net(inputs()).argmax(1)
         sync()
 
@@ -132,6 +142,7 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int) -> dic
         "eval_first_s": eval_first,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "precision": precision,
     }
 
 
@@ -153,15 +164,15 @@ def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | 
     return n / (time.perf_counter() - t0)
 
 
-def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str) -> None:
+def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str, precision: str) -> None:
     import resource
 
-    result = (bench_jax if framework == "jax" else bench_torch)(model, image_size, batch_size, steps)
+    result = (bench_jax if framework == "jax" else bench_torch)(model, image_size, batch_size, steps, precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps(result))
 
 
-def run_case(framework: str, model: str, image_size: int, batch_size: int, steps: int) -> dict:
+def run_case(framework: str, model: str, image_size: int, batch_size: int, steps: int, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [
@@ -179,20 +190,25 @@ def run_case(framework: str, model: str, image_size: int, batch_size: int, steps
             str(steps),
             "--json",
             str(out),
+            "--precision",
+            precision,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # No persistent compilation cache: "first step" measures a cold compile.
+        env = {**os.environ, "JAXVGG_COMPILE_CACHE": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
         return json.loads(out.read_text())
 
 
-def bench(model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int) -> dict:
+def bench(model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int, precision: str) -> dict:
     from jaxvgg.summary import model_macs
 
     macs = model_macs(model, image_size)
     row = {"model": model, "image_size": image_size, "batch_size": batch_size, "macs_per_image": macs}
+    row["precision"] = precision
     for fw in frameworks:
-        r = run_case(fw, model, image_size, batch_size, steps)
+        r = run_case(fw, model, image_size, batch_size, steps, precision)
         if "error" not in r:
             r["train_images_per_s"] = batch_size / r["train_step_s"]
             r["eval_images_per_s"] = batch_size / r["eval_step_s"]
@@ -236,22 +252,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
     p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--models", nargs="+", default=list(SWEEP_MODELS), help="with --sweep: these models")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child, args.model, args.image_size, args.batch_size, args.steps, args.json)
+        child(args.child, args.model, args.image_size, args.batch_size, args.steps, args.json, args.precision)
         return
     frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
     cases = (
-        [(m, s, b) for m in SWEEP_MODELS for s, b in SWEEP_SIZES.items()]
+        [(m, s, SWEEP_SIZES.get(s, 8)) for m in args.models for s in args.sizes]
         if args.sweep
         else [(args.model, args.image_size, args.batch_size)]
     )
     rows = []
     for model, size, batch in cases:
-        rows.append(bench(model, size, batch, frameworks, args.steps))
+        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision))
         print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
     loader = bench_loader(max(s for _, s, _ in cases), 32)
     print()

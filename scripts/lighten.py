@@ -2,10 +2,11 @@
 
     python scripts/lighten.py [--data-dir DIR] [--image-size 32] [--epochs 2] [--out runs/lighten]
 
-Trains (or re-uses, when a run folder under --out already has its metrics.json) vgg16,
-vgg16_slim, vgg16_gap and vgg16_dsconv; prunes vgg16 by 30% and fine-tunes it; quantizes vgg16
-to int8; distils vgg16 into student_cnn. Every run uses the first run's split. Then measures each
-variant in each framework and writes lighten.md, lighten.json and lighten.png into --out.
+Trains (or re-uses, when a run folder under --out already has its metrics.json) the base model
+(--base, default vgg16), vgg16_slim, vgg16_gap and vgg16_dsconv; prunes the base by 30% and
+fine-tunes it; quantizes it to int8; distils it into student_cnn (--variants picks rows).
+Every run uses the first run's split. Then measures each variant in each framework and writes
+lighten.md, lighten.json and lighten.png into --out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jaxvgg.errors import UserError
 SCRIPTS = Path(__file__).resolve().parent
 TRAINERS = {"jax": "train_jax.py", "torch": "train_torch.py"}
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch"}
+VARIANTS = ("base", "slim", "gap", "dsconv", "pruned", "int8", "distilled")
 
 
 def train(framework: str, run_dir: Path, flags: list[str]) -> Path:
@@ -44,26 +46,34 @@ def variants_for(framework: str, out: Path, common: list[str], args: argparse.Na
     def run(name: str, *flags: str) -> str:
         return str(train(framework, out / f"{framework}-{name}", [*common, *flags]))
 
-    base = run("vgg16", "--model", "vgg16")
+    b = args.base
+    base = run(b, "--model", b)
     ft = ["--epochs", str(args.finetune_epochs)]
-    return [
-        Variant("vgg16", "vgg16", base),
-        Variant("vgg16_slim (FC 1024-256)", "vgg16_slim", run("vgg16_slim", "--model", "vgg16_slim")),
-        Variant("vgg16_gap (global average pool)", "vgg16_gap", run("vgg16_gap", "--model", "vgg16_gap")),
-        Variant("vgg16_dsconv (depthwise-separable)", "vgg16_dsconv", run("vgg16_dsconv", "--model", "vgg16_dsconv")),
-        Variant(
-            f"vgg16 pruned {args.prune_amount:.0%} + fine-tuned",
-            "vgg16",
-            run("vgg16_pruned", "--model", "vgg16", "--init-from", base, "--prune-amount", str(args.prune_amount), *ft),
+    prune = ["--init-from", base, "--prune-amount", str(args.prune_amount), *ft]
+    # Each entry trains (lazily) only when selected.
+    table = {
+        "base": lambda: Variant(b, b, base),
+        "slim": lambda: Variant("vgg16_slim (FC 1024-256)", "vgg16_slim", run("vgg16_slim", "--model", "vgg16_slim")),
+        "gap": lambda: Variant(
+            "vgg16_gap (global average pool)", "vgg16_gap", run("vgg16_gap", "--model", "vgg16_gap")
+        ),
+        "dsconv": lambda: Variant(
+            "vgg16_dsconv (depthwise-separable)", "vgg16_dsconv", run("vgg16_dsconv", "--model", "vgg16_dsconv")
+        ),
+        "pruned": lambda: Variant(
+            f"{b} pruned {args.prune_amount:.0%} + fine-tuned",
+            b,
+            run(f"{b}_pruned", "--model", b, *prune),
             "pruned",
         ),
-        Variant("vgg16 int8 (post-training)", "vgg16", base, "int8"),
-        Variant(
-            "student_cnn distilled from vgg16",
+        "int8": lambda: Variant(f"{b} int8 (post-training)", b, base, "int8"),
+        "distilled": lambda: Variant(
+            f"student_cnn distilled from {b}",
             "student_cnn",
             run("student_distilled", "--model", "student_cnn", "--teacher", base),
         ),
-    ]
+    }
+    return [table[name]() for name in VARIANTS if name in args.variants]
 
 
 @main_guard
@@ -81,6 +91,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--prune-amount", type=float, default=0.3)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
+    p.add_argument("--base", default="vgg16", help="the model that is pruned, quantized and distilled")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="rows to build")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per latency figure (median)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +106,7 @@ def main() -> None:
     variants = {}
     for fw in frameworks:
         flags = list(common)
-        first = out / f"{frameworks[0]}-vgg16" / "split.json"
+        first = out / f"{frameworks[0]}-{args.base}" / "split.json"
         if fw != frameworks[0] or first.exists():
             flags += ["--split-file", str(first)]
         variants[fw] = variants_for(fw, out, flags, args)
@@ -102,7 +115,7 @@ def main() -> None:
     from jaxvgg.lighten import format_table, jax_row, load_images, plot
     from jaxvgg.summary import model_macs
 
-    base_run = variants[frameworks[0]][0].run
+    base_run = str(out / f"{frameworks[0]}-{args.base}")
     test = load_images(base_run, "test", args.image_size)
     calibration, _, _ = load_images(base_run, "train", args.image_size, limit=64)
     rows = []
@@ -112,7 +125,7 @@ def main() -> None:
             from torchref.lighten import torch_row as measure
         for v in variants[fw]:
             print(f"== measuring {v.name} ({FRAMEWORK_NAMES[fw]})", flush=True)
-            rows.append(measure(v, test, calibration, model_macs(v.model, args.image_size), out))
+            rows.append(measure(v, test, calibration, model_macs(v.model, args.image_size), out, args.repeats))
     table = format_table(rows)
     total_s = time.perf_counter() - t0
     header = (

@@ -164,11 +164,20 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
         (["--optimizer", "rmsprop"], "--optimizer 'rmsprop'"),
         (["--batch-size", "500"], "fewer than --batch-size 500"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--freeze", "features.99"], "--freeze 'features.99': student_cnn has no such layer"),
+        (["--pretrained", "/nonexistent/vgg16.pth"], "--pretrained /nonexistent/vgg16.pth: no such file"),
+        (["--teacher", "/nonexistent/run"], "/nonexistent/run: not a run folder"),
+        (["--prune-amount", "1.5"], "--prune-amount 1.5: must be in [0, 1)"),
+        (["--precision", "fp16"], "--precision 'fp16': choose fp32 or bf16"),
     ],
 )
 def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, args, expected):
     base = ["--data-dir", str(tiny_data), "--image-size", "32", "--out-dir", str(tmp_path / "r")]
     assert expected in one_line_error(run_script("train_jax.py", *base, *args, check=False))
+
+
+def test_distill_script_needs_a_teacher(tiny_data):
+    assert "--teacher RUN_DIR is required" in one_line_error(run_script("distill.py", check=False))
 
 
 def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):

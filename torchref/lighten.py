@@ -22,7 +22,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def torch_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path) -> Row:
+def torch_row(
+    variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5
+) -> Row:
     model, _ = load_model(variant.run, BEST, "cpu")
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
@@ -48,6 +50,6 @@ def torch_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int,
         file_path.stat().st_size / 1e6,
         report["accuracy"],
         report["macro_f1"],
-        latency_ms(run, images, 1),
-        latency_ms(run, images, 32),
+        latency_ms(run, images, 1, repeats),
+        latency_ms(run, images, 32, repeats),
     )

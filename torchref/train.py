@@ -34,6 +34,7 @@ from torchref.compress import add_pruning_slots, distillation_loss, plain_state_
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
 from torchref.distributed import init_distributed
+from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
 
 LAST, BEST = "last.pth", "best.pth"
@@ -162,7 +163,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
         print(format_sparsity(sparsity(model)))
     teacher = load_teacher(cfg, len(ctx.classes), dev) if cfg.teacher else None
-    model = model.to(dev)
+    model = prepare(model.to(dev), dev)
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
     net = ddp.wrap(model, dev)  # what trains; `model` is what is saved and evaluated
@@ -246,15 +247,16 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         )
         try:  # Ctrl-C while training or validating saves the exact position
             for x, y in bar:
-                x, y = x.to(dev), y.to(dev)
+                x, y = to_device(x, dev), y.to(dev)
                 optimizer.zero_grad()
-                out = net(x)
-                if teacher is None:
-                    loss = criterion(out, y)
-                else:
-                    with torch.no_grad():
-                        teacher_out = teacher(x)
-                    loss = distillation_loss(out, teacher_out, y, cfg.temperature, cfg.alpha)
+                with autocast(dev, cfg.precision):
+                    out = net(x)
+                    if teacher is None:
+                        loss = criterion(out.float(), y)
+                    else:
+                        with torch.no_grad():
+                            teacher_out = teacher(x)
+                        loss = distillation_loss(out.float(), teacher_out.float(), y, cfg.temperature, cfg.alpha)
                 loss.backward()
                 optimizer.step()
                 step += 1

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxvgg.models.layers import at_least_float32
+
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
@@ -30,8 +32,7 @@ def distillation_loss(
     alpha: float = 0.7,
 ) -> tuple[jax.Array, jax.Array]:
     """(weighted mean, weighted sum) over the batch, like :func:`jaxvgg.train.steps.cross_entropy`."""
-    s = student_logits.astype(jnp.float32)
-    t = teacher_logits.astype(jnp.float32)
+    s, t = at_least_float32(student_logits), at_least_float32(teacher_logits)
     log_p_student = jax.nn.log_softmax(s / temperature)
     log_p_teacher = jax.nn.log_softmax(t / temperature)
     kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)

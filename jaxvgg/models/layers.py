@@ -14,9 +14,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvgg.ops.conv import adaptive_avg_pool2d, conv2d
+from jaxvgg.ops.conv import adaptive_avg_pool2d, conv2d, max_pool2d
 
 Initializer = nn.initializers.Initializer
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """bfloat16/float16 -> float32 (losses, statistics and logits); float32 and float64 unchanged."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def torch_default_kernel_init() -> Initializer:
@@ -94,7 +99,7 @@ class BatchNorm2d(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32 = at_least_float32(x)
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x32, axes)
@@ -124,7 +129,7 @@ class MaxPool2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k, s, p = self.kernel_size, self.stride, self.padding
-        return nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
+        return max_pool2d(x, k, s, p)
 
 
 class AdaptiveAvgPool2d(nn.Module):

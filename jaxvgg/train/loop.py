@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -54,7 +55,11 @@ class _StepLimit(Exception):
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
-    return {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+    """``image_size`` for models that need it; bfloat16 compute for ``--precision bf16``."""
+    options: dict[str, Any] = {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+    if cfg.precision == "bf16":
+        options["dtype"] = jnp.bfloat16
+    return options
 
 
 def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_weights: bool = True) -> TrainState:

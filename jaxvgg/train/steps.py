@@ -15,6 +15,7 @@ import optax
 
 from jaxvgg.compress.distill import distillation_loss
 from jaxvgg.data.transforms import normalize
+from jaxvgg.models.layers import at_least_float32
 from jaxvgg.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -22,7 +23,7 @@ Batch = dict[str, jax.Array]
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(weighted mean loss, weighted sum of per-example losses), like ``nn.CrossEntropyLoss``."""
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels)
     total = jnp.sum(per_example * weight)
     return total / jnp.maximum(jnp.sum(weight), 1.0), total
 
