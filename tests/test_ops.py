@@ -74,7 +74,7 @@ def test_max_pool_matches_a_windowed_max_and_its_gradient(size, k, s, p):
     x = np.random.RandomState(1).randn(2, size, size, 5).astype(np.float32)
     want = lax.reduce_window(x, -np.inf, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
     np.testing.assert_array_equal(ops.max_pool2d(jnp.asarray(x), k, s, p), want)
-    g = jax.grad(lambda x: jnp.sum(ops.max_pool2d(x, k, s, p) ** 2))(jnp.asarray(x))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(ops.max_pool2d(x, k, s, p) ** 2)))(jnp.asarray(x))  # jit: as in training
     gw = jax.grad(
         lambda x: jnp.sum(
             lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0))) ** 2

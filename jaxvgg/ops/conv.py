@@ -121,10 +121,8 @@ def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) ->
         n, h, w, c = x.shape
         x = x[:, : h // k * k, : w // k * k]
         return x.reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4))
-    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    return lax.reduce_window(
-        x, jnp.asarray(init, x.dtype), lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0))
-    )
+    # A Python -inf (not a traced array) lets JAX recognise the max monoid and differentiate it.
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0)))
 
 
 def adaptive_avg_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
