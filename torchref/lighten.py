@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from jaxvgg.lighten import Row, Variant, latency_ms, predict_all
-from jaxvgg.metrics import classification_report
+from jaxvgg.lighten import Row, Variant, measure
 from torchref.compress import quantize_int8
 from torchref.train import BEST, load_model
 
@@ -39,17 +38,4 @@ def torch_row(
         with torch.no_grad():
             return model(to_tensor(x)).numpy()
 
-    images, labels, classes = test
-    report = classification_report(labels.tolist(), predict_all(run, images).tolist(), classes)
-    return Row(
-        variant.name,
-        "PyTorch",
-        n_params,
-        nonzero,
-        macs,
-        file_path.stat().st_size / 1e6,
-        report["accuracy"],
-        report["macro_f1"],
-        latency_ms(run, images, 1, repeats),
-        latency_ms(run, images, 32, repeats),
-    )
+    return measure(variant, "PyTorch", run, test, n_params, nonzero, macs, file_path, repeats)
