@@ -152,25 +152,39 @@ def format_table(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> None:
+    """Accuracy against file size and against latency; colour = variant, marker = framework."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     markers = {"JAX": "o", "PyTorch": "s"}
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
     for ax, (attr, label) in zip(
         axes, (("file_mb", "file size on disk (MB)"), ("ms_batch32", "CPU ms per image (batch 32)")), strict=True
     ):
         for r in rows:
-            ax.scatter(getattr(r, attr), 100 * r.accuracy, marker=markers.get(r.framework, "x"), s=50)
-            ax.annotate(f"{r.variant} ({r.framework})", (getattr(r, attr), 100 * r.accuracy), fontsize=7)
+            ax.scatter(
+                getattr(r, attr),
+                100 * r.accuracy,
+                marker=markers.get(r.framework, "x"),
+                s=60,
+                color=colours[r.variant],
+                edgecolors="black",
+                linewidths=0.5,
+                alpha=0.85,
+            )
         ax.set_xscale("log")
         ax.set_xlabel(label + ", log scale")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].set_title("accuracy against size")
     axes[1].set_title("accuracy against latency")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[v], label=v) for v in variants]
+    handles += [plt.Line2D([], [], marker=m, ls="", color="grey", label=f) for f, m in markers.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
