@@ -86,7 +86,8 @@ def predict_all(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batc
 def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5) -> Row:
     """Measure one variant in JAX."""
     from jaxvgg.compress import quantize
-    from jaxvgg.train.loop import BEST, SPARSE_BEST, load_variables
+    from jaxvgg.run import SPARSE_BEST
+    from jaxvgg.train.loop import BEST, load_variables
 
     model, variables, _ = load_variables(variant.run)
     apply, weights = model.apply, variables

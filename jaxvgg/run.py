@@ -215,6 +215,31 @@ def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict
     return report
 
 
+SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights in the compact form
+
+
+def write_sparse_best(run_dir: Path, best_name: str, weights: Any, rows: list) -> Path:
+    """Write a pruned run's best ``weights`` (any tree of arrays) compactly and report the sparsity
+    ``rows`` (:class:`jaxvgg.compress.prune.LayerSparsity`) and both file sizes."""
+    from jaxvgg.compress.prune import compact_bytes, format_sparsity
+
+    path = run_dir / SPARSE_BEST
+    path.write_bytes(compact_bytes(weights))
+    print(format_sparsity(rows))
+    dense = (run_dir / best_name).stat().st_size / 1e6
+    print(f"{best_name}: {dense:.2f} MB; {SPARSE_BEST}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
+    return path
+
+
+def teacher_model(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """The ``--teacher`` run's model name and model options, announced."""
+    from jaxvgg.models.specs import get_spec
+
+    teacher = load_run_config(cfg.teacher)
+    print(f"teacher: {teacher.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
+    return teacher.model, ({"image_size": teacher.image_size} if get_spec(teacher.model).sized else {})
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,6 +9,7 @@ import torch
 
 from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from jaxvgg.lighten import Row, Variant, measure
+from jaxvgg.run import SPARSE_BEST
 from torchref.compress import quantize_int8
 from torchref.train import BEST, load_model
 
@@ -28,7 +29,7 @@ def torch_row(
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
     nonzero = sum(int(torch.count_nonzero(p)) for p in params)
-    file_path = Path(variant.run) / ("best.sparse.msgpack" if variant.kind == "pruned" else BEST)
+    file_path = Path(variant.run) / (SPARSE_BEST if variant.kind == "pruned" else BEST)
     if variant.kind == "int8":
         model = quantize_int8(model, [to_tensor(calibration[i : i + 32]) for i in range(0, len(calibration), 32)])
         file_path = out_dir / f"{Path(variant.run).name}-int8.pth"

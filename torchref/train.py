@@ -13,8 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 import torchref
-from jaxvgg.compress.prune import compact_bytes, format_sparsity
-from jaxvgg.config import TrainConfig, load_run_config
+from jaxvgg.compress.prune import format_sparsity
+from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
 from jaxvgg.models.specs import get_spec
 from jaxvgg.run import (
@@ -28,6 +28,8 @@ from jaxvgg.run import (
     non_finite_message,
     peak_rss_mb,
     prepare_run,
+    teacher_model,
+    write_sparse_best,
 )
 from jaxvgg.transfer import freeze_rule
 from torchref.compress import add_pruning_slots, distillation_loss, plain_state_dict, prune_model, sparsity
@@ -331,30 +333,19 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
     )
     if cfg.prune_amount and ddp.is_main:
-        write_sparse_best(ctx.out_dir, best)
+        weights = {k: v.cpu().numpy() for k, v in best.state_dict().items()}
+        write_sparse_best(ctx.out_dir, BEST, weights, sparsity(best))
     return report
 
 
 def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """The teacher run's best model (JAX or PyTorch run folder), in eval mode."""
-    teacher_cfg = load_run_config(cfg.teacher)
-    options = {"image_size": teacher_cfg.image_size} if get_spec(teacher_cfg.model).sized else {}
-    teacher = torchref.create_model(teacher_cfg.model, num_classes, **options)
-    load_starting_weights(teacher, teacher_cfg.model, cfg.teacher, replace_head=False)
-    print(f"teacher: {teacher_cfg.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
+    """The teacher run's best model (JAX or PyTorch run folder), frozen, in eval mode."""
+    name, options = teacher_model(cfg)
+    teacher = torchref.create_model(name, num_classes, **options)
+    load_starting_weights(teacher, name, cfg.teacher, replace_head=False)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(device).eval()
-
-
-def write_sparse_best(run_dir: Path, model: nn.Module) -> Path:
-    """The pruned best weights in the compact form jaxvgg uses (bit-mask + non-zeros)."""
-    path = run_dir / "best.sparse.msgpack"
-    path.write_bytes(compact_bytes({k: v.cpu().numpy() for k, v in model.state_dict().items()}))
-    print(format_sparsity(sparsity(model)))
-    dense = (run_dir / BEST).stat().st_size
-    print(f"{BEST}: {dense / 1e6:.2f} MB; {path.name}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
-    return path
 
 
 class _StepLimit(Exception):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 import jaxvgg
 from jaxvgg.compress import prune
 from jaxvgg.compress.distill import Distillation
-from jaxvgg.config import TrainConfig, load_run_config
+from jaxvgg.config import TrainConfig
 from jaxvgg.convert import torch_to_flax
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
@@ -35,6 +35,8 @@ from jaxvgg.run import (
     non_finite_message,
     peak_rss_mb,
     prepare_run,
+    teacher_model,
+    write_sparse_best,
 )
 from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
@@ -43,7 +45,6 @@ from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.transfer import freeze_rule, param_labels, read_weights, starting_variables
 
 LAST, BEST = "last.msgpack", "best.msgpack"
-SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights, compact
 
 
 class NonFiniteLoss(UserError):
@@ -99,12 +100,9 @@ def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_w
 
 def load_teacher(cfg: TrainConfig, num_classes: int) -> tuple[Any, dict[str, Any]]:
     """The teacher run's model and best weights (a JAX or a PyTorch run folder)."""
-    teacher_cfg = load_run_config(cfg.teacher)
-    options = {"image_size": teacher_cfg.image_size} if get_spec(teacher_cfg.model).sized else {}
-    model = jaxvgg.create_model(teacher_cfg.model, num_classes, **options)
-    variables = torch_to_flax(teacher_cfg.model, read_weights(cfg.teacher), num_classes, **options)
-    print(f"teacher: {teacher_cfg.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
-    return model, variables
+    name, options = teacher_model(cfg)
+    variables = torch_to_flax(name, read_weights(cfg.teacher), num_classes, **options)
+    return jaxvgg.create_model(name, num_classes, **options), variables
 
 
 def trainable_count(state: TrainState, cfg: TrainConfig) -> tuple[int, int]:
@@ -318,19 +316,9 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
             break
     report = test_best(ctx, state, eval_step, stopped, first_step_s, par)
     if cfg.prune_amount and ctx.main:
-        write_sparse_best(ctx.out_dir)
+        _, variables, _ = load_variables(ctx.out_dir)
+        write_sparse_best(ctx.out_dir, BEST, variables, prune.sparsity(variables["params"]))
     return report
-
-
-def write_sparse_best(run_dir: Path) -> Path:
-    """The best weights of a pruned run in the compact form (bit-mask + non-zeros), with a report."""
-    _, variables, _ = load_variables(run_dir)
-    path = run_dir / SPARSE_BEST
-    path.write_bytes(prune.compact_bytes(variables))
-    print(prune.format_sparsity(prune.sparsity(variables["params"])))
-    dense = (run_dir / BEST).stat().st_size
-    print(f"{BEST}: {dense / 1e6:.2f} MB; {SPARSE_BEST}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
-    return path
 
 
 def test_best(
