@@ -200,9 +200,33 @@ def non_finite_message(ctx: RunContext, value: float, epoch: int, batch: int, ch
     )
 
 
-def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.json`` and ``confusion.png`` for the best model on the test split."""
-    report = {**classification_report(labels, preds, ctx.classes), **extra}
+def finish_run(
+    ctx: RunContext,
+    ev: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    stopped: str,
+    framework: str,
+    device: str,
+    first_step_s: float | None,
+    parameters: tuple[int, int],
+) -> dict[str, Any]:
+    """The best model's test report, the same for both frameworks: ``metrics.json``,
+    ``confusion.png`` and the closing line. ``parameters`` is (trainable, frozen)."""
+    report = {
+        **classification_report(ev["labels"], ev["preds"], ctx.classes),
+        "loss": ev["loss"],
+        "best_epoch": meta["epoch"],
+        "stopped": stopped,
+        "framework": framework,
+        "model": ctx.cfg.model,
+        "device": device,
+        "time_to_first_step_s": first_step_s,
+        "eval_images_per_s": ev["images_per_s"],
+        "peak_rss_mb": peak_rss_mb(),
+        "parameters": sum(parameters),
+        "trainable_parameters": parameters[0],
+    }
     if not ctx.main:
         return report
     _write_json(ctx.out_dir / "metrics.json", report)
@@ -211,6 +235,10 @@ def finish_run(ctx: RunContext, labels: list[int], preds: list[int], extra: dict
         ctx.classes,
         ctx.out_dir / "confusion.png",
         title=f"{ctx.cfg.model}: test accuracy {report['accuracy']:.1%}",
+    )
+    print(
+        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
+        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
     )
     return report
 

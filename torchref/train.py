@@ -26,7 +26,6 @@ from jaxvgg.run import (
     end_epoch,
     finish_run,
     non_finite_message,
-    peak_rss_mb,
     prepare_run,
     teacher_model,
     write_sparse_best,
@@ -94,7 +93,9 @@ def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.devic
     return model.to(device).eval(), meta
 
 
-def evaluate(model: nn.Module, loader, device, criterion, desc: str = "eval") -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, loader, device, criterion, desc: str = "eval", precision: str = "fp32"
+) -> dict[str, Any]:
     model.eval()
     loss = correct = count = 0.0
     labels, preds = [], []
@@ -102,8 +103,9 @@ def evaluate(model: nn.Module, loader, device, criterion, desc: str = "eval") ->
     with torch.no_grad():
         quiet = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
         for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
+            x, y = to_device(x, device), y.to(device)
+            with autocast(device, precision):  # evaluated as trained, like the JAX side
+                out = model(x).float()
             loss += criterion(out, y).item() * len(y)
             pred = out.argmax(1)
             correct += (pred == y).sum().item()
@@ -274,7 +276,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                     raise _StepLimit
             bar.close()
             train_s = time.perf_counter() - t0
-            ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}")
+            ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}", precision=cfg.precision)
         except (KeyboardInterrupt, _StepLimit) as stop:
             bar.close()
             save_last(epoch, batch_idx, sums)
@@ -310,27 +312,16 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     test = make_loader(
         root, ctx.split.subsets["test"], eval_transform(cfg.image_size), cfg.batch_size, False, cfg.seed, workers
     )
-    ev = evaluate(best, test, dev, criterion, desc="test")
+    ev = evaluate(best, test, dev, criterion, desc="test", precision=cfg.precision)
     report = finish_run(
         ctx,
-        ev["labels"],
-        ev["preds"],
-        {
-            "loss": ev["loss"],
-            "best_epoch": meta["epoch"],
-            "stopped": stopped,
-            "framework": "torch",
-            "model": cfg.model,
-            "device": str(dev),
-            "time_to_first_step_s": first_step_s,
-            "eval_images_per_s": ev["images_per_s"],
-            "peak_rss_mb": peak_rss_mb(),
-            "parameters": n_params,
-        },
-    )
-    print(
-        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
-        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
+        ev,
+        meta,
+        stopped=stopped,
+        framework="torch",
+        device=str(dev),
+        first_step_s=first_step_s,
+        parameters=(n_params, n_frozen),
     )
     if cfg.prune_amount and ddp.is_main:
         weights = {k: v.cpu().numpy() for k, v in best.state_dict().items()}

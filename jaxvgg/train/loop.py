@@ -33,7 +33,6 @@ from jaxvgg.run import (
     end_epoch,
     finish_run,
     non_finite_message,
-    peak_rss_mb,
     prepare_run,
     teacher_model,
     write_sparse_best,
@@ -341,24 +340,13 @@ def test_best(
     ev = evaluate(state, test, eval_step, desc="test", put=par.shard)
     report = finish_run(
         ctx,
-        ev["labels"],
-        ev["preds"],
-        {
-            "loss": ev["loss"],
-            "best_epoch": meta["epoch"],
-            "stopped": stopped,
-            "framework": "jax",
-            "model": cfg.model,
-            "time_to_first_step_s": first_step_s,
-            "device": jax.devices()[0].platform,
-            "eval_images_per_s": ev["images_per_s"],
-            "peak_rss_mb": peak_rss_mb(),
-            "parameters": jaxvgg.count_params(variables),
-        },
-    )
-    print(
-        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
-        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
+        ev,
+        meta,
+        stopped=stopped,
+        framework="jax",
+        device=jax.devices()[0].platform,
+        first_step_s=first_step_s,
+        parameters=trainable_count(state, ctx.cfg),
     )
     return report
 
