@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxvgg.errors import UserError
+from jaxvgg.hostmem import keep_freed_memory
 
 
 def enable_compilation_cache() -> Path | None:
@@ -33,11 +34,13 @@ def enable_compilation_cache() -> Path | None:
 def main_guard(fn: Callable[[], int | None]) -> Callable[[], None]:
     """Run ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit status 2.
 
-    Scripts also get JAX's persistent compilation cache (see :func:`enable_compilation_cache`).
+    Scripts also get JAX's persistent compilation cache (see :func:`enable_compilation_cache`)
+    and glibc settings that keep freed memory for reuse (see :func:`jaxvgg.hostmem.keep_freed_memory`).
     """
 
     @functools.wraps(fn)
     def wrapper() -> None:
+        keep_freed_memory()
         enable_compilation_cache()
         try:
             code = fn()

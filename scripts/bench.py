@@ -8,7 +8,10 @@ Prints a table and writes JSON (--json). Each framework runs in its own child pr
 memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
 is the time to the first finished train step, compilation included (the persistent compilation
 cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply-adds x 3
-(forward + two backward products) per training image. The JAX convolution lowering follows
+(forward + two backward products) per training image; "%pk" divides it by the device's peak
+(GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
+--repeats N runs each framework N times, alternating, and reports medians: use it on a shared
+machine, where identical runs differ by up to 40%. The JAX convolution lowering follows
 JAXVGG_CONV (auto, xla, im2col). The training loader's images/s is printed at the end.
 """
 
@@ -26,6 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+# Dense peak FLOP/s per GPU (vendor figures, SXM parts): fp32 without tensor cores, bf16 with.
+GPU_PEAK_TFLOPS = {
+    "H100": {"fp32": 66.9, "bf16": 989.4},
+    "H200": {"fp32": 66.9, "bf16": 989.4},
+    "A100": {"fp32": 19.5, "bf16": 312.0},
+}
+
 SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn", "resnet50")
 SWEEP_SIZES = {32: 32, 64: 16, 112: 8, 224: 4}  # image size -> batch size on a 2-core CPU
 
@@ -36,6 +46,33 @@ def batch_data(batch_size: int, image_size: int, seed: int = 0) -> tuple[np.ndar
         rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8),
         rng.integers(0, 3, batch_size).astype(np.int32),
     )
+
+
+def cpu_peak_gflops() -> tuple[float, str] | None:
+    """Nominal fp32 peak of the CPUs this process may use: vCPUs x clock x FLOPs per cycle from
+    the widest FMA the CPU reports (AVX-512: 2 x 16 x 2, AVX2+FMA: 2 x 8 x 2). Linux only; it
+    counts SMT siblings as cores, so on a VM whose vCPUs are hyperthreads the true peak is lower."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    if not mhz:
+        return None
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 8
+    cpus = len(os.sched_getaffinity(0))
+    return cpus * max(mhz) / 1e3 * per_cycle, f"{cpus} vCPUs x {max(mhz):.0f} MHz x {per_cycle} FLOP/cycle"
+
+
+def peak_gflops(device: str, precision: str) -> tuple[float, str] | None:
+    """Peak FLOP/s of the device a child ran on, where it can be known."""
+    for name, peaks in GPU_PEAK_TFLOPS.items():
+        if name in device.upper():
+            return peaks[precision] * 1e3, f"{name} dense {precision} peak"
+    if device.lower() == "cpu":
+        return cpu_peak_gflops()
+    return None
 
 
 def timed(fn, steps: int) -> tuple[float, list[float]]:
@@ -140,7 +177,7 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
         "train_step_s": statistics.median(train_times),
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
-        "device": str(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "threads": torch.get_num_threads(),
         "precision": precision,
     }
@@ -167,8 +204,14 @@ def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | 
 def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str, precision: str) -> None:
     import resource
 
+    from jaxvgg.hostmem import keep_freed_memory
+
+    # Both frameworks' scripts run with these allocator settings; so does each child here.
+    allocator_tuned = keep_freed_memory()
+
     result = (bench_jax if framework == "jax" else bench_torch)(model, image_size, batch_size, steps, precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["malloc_keeps_freed_memory"] = allocator_tuned
     Path(out).write_text(json.dumps(result))
 
 
@@ -201,18 +244,41 @@ def run_case(framework: str, model: str, image_size: int, batch_size: int, steps
         return json.loads(out.read_text())
 
 
-def bench(model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int, precision: str) -> dict:
+def merge_repeats(runs: list[dict]) -> dict:
+    """One result from repeated runs of a child: medians of the timings, the largest peak memory."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    merged = dict(runs[0])
+    for key in ("first_step_s", "train_step_s", "eval_step_s", "eval_first_s"):
+        merged[key] = statistics.median(r[key] for r in runs)
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    merged["repeats"] = len(runs)
+    return merged
+
+
+def bench(
+    model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int, precision: str, repeats: int = 1
+) -> dict:
     from jaxvgg.summary import model_macs
 
     macs = model_macs(model, image_size)
     row = {"model": model, "image_size": image_size, "batch_size": batch_size, "macs_per_image": macs}
     row["precision"] = precision
+    # Alternate the frameworks (J T J T ...) so that a slow spell of a shared machine hits both.
+    runs = {fw: [] for fw in frameworks}
+    for _ in range(repeats):
+        for fw in frameworks:
+            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision))
     for fw in frameworks:
-        r = run_case(fw, model, image_size, batch_size, steps, precision)
+        r = merge_repeats(runs[fw])
         if "error" not in r:
             r["train_images_per_s"] = batch_size / r["train_step_s"]
             r["eval_images_per_s"] = batch_size / r["eval_step_s"]
             r["train_gflops"] = 6 * macs * batch_size / r["train_step_s"] / 1e9
+            peak = peak_gflops(r["device"], precision)
+            if peak is not None:
+                r["peak_gflops"], r["peak_basis"] = peak
+                r["train_percent_of_peak"] = 100 * r["train_gflops"] / peak[0]
         row[fw] = r
     if all("train_step_s" in row.get(fw, {}) for fw in ("jax", "torch")):
         row["train_ratio_jax_over_torch"] = row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
@@ -224,7 +290,7 @@ def format_rows(rows: list[dict]) -> str:
     head = (
         f"{'model':<14}{'px':>5}{'batch':>6} | {'JAX train':>10}{'torch train':>12}{'ratio':>7} | "
         f"{'JAX eval':>9}{'torch eval':>11}{'ratio':>7} | {'JAX 1st':>8}{'torch 1st':>10} | "
-        f"{'JAX GF/s':>9}{'torch GF/s':>11} | {'JAX MB':>7}{'torch MB':>9}"
+        f"{'JAX GF/s':>9}{'torch GF/s':>11}{'JAX %pk':>8}{'torch %pk':>10} | {'JAX MB':>7}{'torch MB':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -239,10 +305,14 @@ def format_rows(rows: list[dict]) -> str:
             f"{g(t, 'train_images_per_s', '12.1f')}{g(r, 'train_ratio_jax_over_torch', '6.2f')}× | "
             f"{g(j, 'eval_images_per_s', '9.1f')}{g(t, 'eval_images_per_s', '11.1f')}"
             f"{g(r, 'eval_ratio_jax_over_torch', '6.2f')}× | {g(j, 'first_step_s', '8.1f')}"
-            f"{g(t, 'first_step_s', '10.1f')} | {g(j, 'train_gflops', '9.1f')}{g(t, 'train_gflops', '11.1f')} | "
+            f"{g(t, 'first_step_s', '10.1f')} | {g(j, 'train_gflops', '9.1f')}{g(t, 'train_gflops', '11.1f')}"
+            f"{g(j, 'train_percent_of_peak', '8.0f')}{g(t, 'train_percent_of_peak', '10.0f')} | "
             f"{g(j, 'peak_rss_mb', '7.0f')}{g(t, 'peak_rss_mb', '9.0f')}"
         )
-    return "\n".join(lines) + "\n(images/s; ratio = JAX/torch; 1st = seconds to the first finished step; GF/s achieved)"
+    return "\n".join(lines) + (
+        "\n(images/s; ratio = JAX/torch; 1st = seconds to the first finished step; GF/s achieved;"
+        " %pk = of the peak below)"
+    )
 
 
 def main() -> None:
@@ -252,6 +322,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
     p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
+    p.add_argument("--repeats", type=int, default=1, help="run each framework this many times, alternating; medians")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--models", nargs="+", default=list(SWEEP_MODELS), help="with --sweep: these models")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
@@ -270,11 +341,14 @@ def main() -> None:
     )
     rows = []
     for model, size, batch in cases:
-        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision))
+        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats))
         print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
     loader = bench_loader(max(s for _, s, _ in cases), 32)
     print()
     print(format_rows(rows))
+    bases = {r[fw]["peak_basis"] for r in rows for fw in frameworks if "peak_basis" in r.get(fw, {})}
+    for basis in sorted(bases):
+        print(f"peak: {basis}")
     if loader is not None:
         print(f"training loader (RandomResizedCrop + flip, {os.cpu_count()} threads): {loader:.0f} images/s")
     result = {"rows": rows, "loader_images_per_s": loader, "cpu_count": os.cpu_count()}

@@ -1,6 +1,7 @@
 """torchref training, its run folder, and the cross-framework tools (needs torch)."""
 
 import json
+import sys
 
 import pytest
 from helpers import one_line_error, run_script
@@ -92,12 +93,19 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         "4",
         "--steps",
         "1",
+        "--repeats",
+        "2",
         "--json",
         str(out),
     ).stdout
     row = json.loads(out.read_text())["rows"][0]
     for fw in ("jax", "torch"):
-        assert row[fw]["train_images_per_s"] > 0 and row[fw]["eval_images_per_s"] > 0 and row[fw]["peak_rss_mb"] > 0
+        r = row[fw]
+        assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["repeats"] == 2
+        if sys.platform.startswith("linux"):  # the CPU's nominal peak comes from /proc/cpuinfo
+            assert r["malloc_keeps_freed_memory"]
+            assert r["train_percent_of_peak"] == pytest.approx(100 * r["train_gflops"] / r["peak_gflops"])
     assert row["train_ratio_jax_over_torch"] == pytest.approx(
         row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
     )

@@ -1,0 +1,48 @@
+"""The glibc settings that stop every large allocation from faulting in fresh pages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Allocate, touch and free 128 MiB twice; print the page faults of the second round.
+_PROBE = """
+import ctypes, resource, sys
+from jaxvgg.hostmem import keep_freed_memory
+applied = keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 128 << 20
+def round_trip():
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    libc.free(p)
+round_trip()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+round_trip()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _probe(setting: str) -> tuple[bool, int]:
+    env = {**os.environ, "JAXVGG_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    return applied == "True", int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_freed_memory_is_reused_without_page_faults() -> None:
+    applied, faults = _probe("1")
+    if not applied:
+        pytest.skip("not glibc")
+    pages = (128 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert faults < pages // 100, f"{faults} page faults re-touching a freed block of {pages} pages"
+    # The switch turns it off: glibc hands the block back and the second round faults again.
+    off_applied, off_faults = _probe("0")
+    assert not off_applied
+    assert off_faults > pages // 2
