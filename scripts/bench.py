@@ -315,6 +315,31 @@ def format_rows(rows: list[dict]) -> str:
     )
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The table as Markdown, for the README."""
+
+    def cell(d: dict, key: str, spec: str) -> str:
+        return format(d[key], spec) if key in d else "-"
+
+    lines = [
+        "| model | px | batch | JAX train img/s | PyTorch train img/s | ratio | JAX eval | PyTorch eval | ratio "
+        "| first step JAX / PyTorch | GFLOP/s JAX / PyTorch (% of peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        j, t = r.get("jax", {}), r.get("torch", {})
+        lines.append(
+            f"| `{r['model']}` | {r['image_size']} | {r['batch_size']} | {cell(j, 'train_images_per_s', '.1f')} "
+            f"| {cell(t, 'train_images_per_s', '.1f')} | {cell(r, 'train_ratio_jax_over_torch', '.2f')}× "
+            f"| {cell(j, 'eval_images_per_s', '.1f')} | {cell(t, 'eval_images_per_s', '.1f')} "
+            f"| {cell(r, 'eval_ratio_jax_over_torch', '.2f')}× | {cell(j, 'first_step_s', '.1f')} s / "
+            f"{cell(t, 'first_step_s', '.1f')} s | {cell(j, 'train_gflops', '.1f')} "
+            f"({cell(j, 'train_percent_of_peak', '.0f')}%) / {cell(t, 'train_gflops', '.1f')} "
+            f"({cell(t, 'train_percent_of_peak', '.0f')}%) |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vgg16")
@@ -328,6 +353,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -346,6 +372,9 @@ def main() -> None:
     loader = bench_loader(max(s for _, s, _ in cases), 32)
     print()
     print(format_rows(rows))
+    if args.markdown:
+        print()
+        print(format_markdown(rows))
     bases = {r[fw]["peak_basis"] for r in rows for fw in frameworks if "peak_basis" in r.get(fw, {})}
     for basis in sorted(bases):
         print(f"peak: {basis}")

@@ -11,11 +11,12 @@ from jaxvgg.ops import conv as ops
 
 CASES = [  # (batch, size, in, out, kernel, stride, padding, groups)
     (2, 2, 64, 32, 3, 1, 1, 1),  # tiny maps: the im2col route
-    (2, 64, 3, 8, 3, 1, 1, 1),  # large map, few channels: XLA's route
+    (2, 64, 3, 8, 3, 1, 1, 1),  # a stem on a large map
     (2, 9, 8, 16, 3, 2, 1, 1),  # stride 2, odd size
     (2, 8, 16, 24, 1, 1, 0, 1),  # pointwise
     (2, 7, 24, 24, 7, 2, 3, 1),  # a ResNet-like stem
-    (2, 8, 12, 12, 3, 1, 1, 12),  # depthwise
+    (2, 8, 12, 12, 3, 1, 1, 12),  # depthwise (custom VJP)
+    (2, 9, 12, 12, 3, 2, 1, 12),  # depthwise, stride 2 (autodiff of the shifted products)
 ]
 
 

@@ -95,6 +95,7 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         "1",
         "--repeats",
         "2",
+        "--markdown",
         "--json",
         str(out),
     ).stdout
@@ -109,4 +110,4 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
     assert row["train_ratio_jax_over_torch"] == pytest.approx(
         row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
     )
-    assert row["macs_per_image"] > 0 and "student_cnn" in printed
+    assert row["macs_per_image"] > 0 and "| `student_cnn` | 32 | 4 |" in printed

@@ -6,6 +6,7 @@ without touching any model: the models only ever call :func:`conv2d`.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -70,6 +71,13 @@ def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: int) -> jax.A
 def _depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """Depthwise convolution (one filter per channel) as a sum of KH*KW shifted products: plain
     elementwise work that XLA fuses, where its grouped convolution is slow on CPU."""
+    kh, kw = kernel.shape[:2]
+    if stride == 1 and kh == kw and padding <= kh - 1:
+        return _depthwise_stride1(x, kernel, padding)
+    return _shifted_products(x, kernel, stride, padding)
+
+
+def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     kh, kw, _, _ = kernel.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     _, hp, wp, _ = xp.shape
@@ -81,6 +89,37 @@ def _depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) 
             term = tap * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+# Autodiff of the shifted products pads and adds KH*KW partial input gradients one by one;
+# the input gradient of a stride-1 depthwise convolution is itself one (a full correlation with
+# the flipped filters), which XLA fuses into a single pass.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_stride1(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    return _shifted_products(x, kernel, 1, padding)
+
+
+def _depthwise_stride1_fwd(x, kernel, padding):
+    return _shifted_products(x, kernel, 1, padding), (x, kernel)
+
+
+def _depthwise_stride1_bwd(padding, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    q = kh - 1 - padding
+    dx = _shifted_products(g, jnp.flip(kernel, (0, 1)), 1, q)
+    # dW[i, j] = sum over positions of x times g shifted by (i, j): shifting g, not x, reuses the
+    # padded slices of g that dx reads, and leaves x's forward slices to the forward fusion.
+    gq = jnp.pad(g, ((0, 0), (q, q), (q, q), (0, 0)))
+    _, h, w, _ = x.shape
+    taps = [
+        [(x * gq[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w]).sum((0, 1, 2)) for j in range(kw)]
+        for i in range(kh)
+    ]
+    return dx, jnp.stack([jnp.stack(row) for row in taps])[:, :, None, :]
+
+
+_depthwise_stride1.defvjp(_depthwise_stride1_fwd, _depthwise_stride1_bwd)
 
 
 def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
