@@ -2,12 +2,8 @@ import os
 
 import pytest
 
-from jaxvgg.hostmem import keep_freed_memory
-
 # Tests run on the CPU with two cores; keep XLA from oversubscribing them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# In-process training gets the allocator settings the scripts use (fewer page faults per step).
-keep_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """torchref training, its run folder, and the cross-framework tools (needs torch)."""
 
+import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import one_line_error, run_script
@@ -93,8 +95,6 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         "4",
         "--steps",
         "1",
-        "--repeats",
-        "2",
         "--markdown",
         "--json",
         str(out),
@@ -103,7 +103,7 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
     for fw in ("jax", "torch"):
         r = row[fw]
         assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["peak_rss_mb"] > 0
-        assert r["repeats"] == 2
+        assert r["repeats"] == 1
         if sys.platform.startswith("linux"):  # the CPU's nominal peak comes from /proc/cpuinfo
             assert r["malloc_keeps_freed_memory"]
             assert r["train_percent_of_peak"] == pytest.approx(100 * r["train_gflops"] / r["peak_gflops"])
@@ -111,3 +111,17 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
     )
     assert row["macs_per_image"] > 0 and "| `student_cnn` | 32 | 4 |" in printed
+
+
+def test_bench_repeats_take_medians_and_keep_errors():
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [
+        {"first_step_s": f, "train_step_s": t, "eval_step_s": e, "eval_first_s": 1.0, "peak_rss_mb": m, "device": "cpu"}
+        for f, t, e, m in ((3.0, 0.5, 0.2, 100), (2.0, 0.1, 0.4, 300), (9.0, 0.3, 0.3, 200))
+    ]
+    merged = bench.merge_repeats(runs)
+    assert (merged["first_step_s"], merged["train_step_s"], merged["eval_step_s"]) == (3.0, 0.3, 0.3)
+    assert merged["peak_rss_mb"] == 300 and merged["repeats"] == 3
+    assert bench.merge_repeats([runs[0], {"error": "boom"}]) == {"error": "boom"}
