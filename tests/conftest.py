@@ -4,6 +4,9 @@ import pytest
 
 # Tests run on the CPU with two cores; keep XLA from oversubscribing them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Script subprocesses skip the allocator settings of jaxvgg.hostmem: tests are compile-bound, and
+# a slice of the suite ran 15% slower with them; test_hostmem and the bench test turn them on.
+os.environ.setdefault("JAXVGG_MALLOC", "0")
 
 
 @pytest.fixture(scope="session")

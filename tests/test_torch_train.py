@@ -98,6 +98,7 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         "--markdown",
         "--json",
         str(out),
+        env={"JAXVGG_MALLOC": "1"},
     ).stdout
     row = json.loads(out.read_text())["rows"][0]
     for fw in ("jax", "torch"):
