@@ -1,7 +1,7 @@
 """The one 2-D convolution every model calls.
 
-Keeping it in one place lets the lowering be chosen per shape (see the performance issue)
-without touching any model: the models only ever call :func:`conv2d`.
+Keeping it in one place lets the lowering be chosen (``JAXVGG_CONV``, see the performance
+issue) without touching any model: the models only ever call :func:`conv2d`.
 """
 
 from __future__ import annotations
