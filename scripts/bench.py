@@ -12,7 +12,9 @@ cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply
 (GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
 --repeats N runs each framework N times, alternating, and reports medians: use it on a shared
 machine, where identical runs differ by up to 40%. The JAX convolution lowering follows
-JAXVGG_CONV (auto, xla, im2col). The training loader's images/s is printed at the end.
+JAXVGG_CONV (auto, xla, im2col). Both children apply the scripts' allocator settings
+(jaxvgg.hostmem; JAXVGG_MALLOC=0 turns them off in both). The training loader's images/s is
+printed at the end.
 """
 
 from __future__ import annotations
