@@ -9,6 +9,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXVGG_MALLOC", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The scripts the tests run get a cache folder of their own (built-in dataset, compiled steps).
+
+    Every run then starts cold, as on a fresh machine, whatever an earlier run or the user's own
+    ``~/.cache/jaxvgg`` holds; each pytest-xdist worker has its own, so no two write one file.
+    """
+    os.environ["JAXVGG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small built-in dataset at 64 px: 24 images per class."""
