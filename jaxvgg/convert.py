@@ -9,8 +9,8 @@ Leaves map by kind:
 torch              Flax                        change
 =================  ==========================  =====================================
 conv ``weight``    ``params/…/kernel``         OIHW -> HWIO (depthwise included)
-linear ``weight``  ``params/…/kernel``         (out, in) -> (in, out); the first FC
-                                               after a flatten also CHW -> HWC rows
+linear ``weight``  ``params/…/kernel``         (out, in) -> (in, out); our flatten uses
+                                               torch's CHW order, so nothing more
 BN ``weight``      ``params/…/scale``
 ``bias``           ``params/…/bias``
 ``running_mean``   ``batch_stats/…/mean``
@@ -34,7 +34,6 @@ import numpy as np
 
 from jaxvgg.errors import UserError, WeightMismatchError
 from jaxvgg.models import create_model, variable_shapes
-from jaxvgg.models.specs import get_spec
 
 _INDEX = re.compile(r"^(.*)_(\d+)$")
 _BN_STATS = {"running_mean": "mean", "running_var": "var"}
@@ -65,19 +64,6 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _flatten_layer(name: str, image_size: int) -> tuple[str, tuple[int, int, int]] | None:
-    """The torch name of the FC layer that reads flattened conv features, and the CHW it reads."""
-    from jaxvgg.models.specs import HEADS, flatten_shape
-
-    spec = get_spec(name)
-    if spec.family != "vgg":
-        return None
-    c, h, w = flatten_shape(spec, image_size)
-    if HEADS[spec.head].pool == (1, 1) or h * w == 1:
-        return None
-    return "classifier.0", (c, h, w)
-
-
 def _flat_dict(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     out = {}
     for k, v in tree.items():
@@ -98,10 +84,9 @@ def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
     return out
 
 
-def _model_and_size(name: str, num_classes: int | None, options: dict, state_dict_classes: int | None):
-    image_size = options.get("image_size", 224)
+def _model(name: str, num_classes: int | None, options: dict, state_dict_classes: int | None):
     classes = num_classes if num_classes is not None else state_dict_classes
-    return create_model(name, classes or 3, **options), image_size
+    return create_model(name, classes or 3, **options)
 
 
 def _last_linear_out(state_dict: Mapping[str, Any]) -> int | None:
@@ -117,9 +102,8 @@ def torch_to_flax(
     ``num_classes`` defaults to the width of the state_dict's last layer. Raises
     :class:`WeightMismatchError` listing missing, unexpected and mis-shaped entries.
     """
-    model, image_size = _model_and_size(name, num_classes, options, _last_linear_out(state_dict))
+    model = _model(name, num_classes, options, _last_linear_out(state_dict))
     expected = _flat_dict(variable_shapes(model))
-    flatten = _flatten_layer(name, image_size)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     unexpected, misshaped = [], []
     for key, value in state_dict.items():
@@ -135,8 +119,7 @@ def torch_to_flax(
         elif leaf == "weight" and arr.ndim == 4:
             target, arr = ("params", *path, "kernel"), arr.transpose(2, 3, 1, 0)
         elif leaf == "weight" and arr.ndim == 2:
-            arr = _chw_rows_to_hwc(arr.T, flatten[1]) if flatten and module == flatten[0] else arr.T
-            target = ("params", *path, "kernel")
+            target, arr = ("params", *path, "kernel"), arr.T
         elif leaf == "weight" and arr.ndim == 1:
             target = ("params", *path, "scale")
         else:
@@ -158,9 +141,11 @@ def torch_to_flax(
 def flax_to_torch(
     name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0, **options: Any
 ) -> dict[str, np.ndarray]:
-    """A torch-named state_dict of numpy arrays for model ``name`` (load with ``torch.from_numpy``)."""
-    image_size = options.get("image_size", 224)
-    flatten = _flatten_layer(name, image_size)
+    """A torch-named state_dict of numpy arrays for model ``name`` (load with ``torch.from_numpy``).
+
+    ``options`` (the model's, e.g. ``image_size``) are accepted for symmetry with
+    :func:`torch_to_flax`; the mapping itself does not depend on them.
+    """
     stats = _flat_dict(variables.get("batch_stats", {}))
     by_module: dict[tuple[str, ...], dict[str, Any]] = {}
     for path, value in _flat_dict(variables.get("params", {})).items():
@@ -172,7 +157,7 @@ def flax_to_torch(
             if leaf == "kernel" and arr.ndim == 4:
                 arr = arr.transpose(3, 2, 0, 1)
             elif leaf == "kernel":
-                arr = (_hwc_rows_to_chw(arr, flatten[1]) if flatten and module == flatten[0] else arr).T
+                arr = arr.T
             torch_leaf = "weight" if leaf in ("kernel", "scale") else leaf
             out[f"{module}.{torch_leaf}"] = np.ascontiguousarray(arr)
         if (*path, "mean") in stats:
@@ -180,18 +165,6 @@ def flax_to_torch(
             out[f"{module}.running_var"] = np.asarray(stats[(*path, "var")])
             out[f"{module}.num_batches_tracked"] = np.asarray(num_batches_tracked, dtype=np.int64)
     return out
-
-
-def _chw_rows_to_hwc(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
-    c, h, w = chw
-    if kernel.shape[0] != c * h * w:
-        return kernel  # shape check reports it
-    return kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
-
-
-def _hwc_rows_to_chw(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
-    c, h, w = chw
-    return kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
 
 
 def _torch_name(path: tuple[str, ...]) -> str:

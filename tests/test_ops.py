@@ -12,6 +12,7 @@ from jaxvgg.ops import conv as ops
 CASES = [  # (batch, size, in, out, kernel, stride, padding, groups)
     (2, 2, 64, 32, 3, 1, 1, 1),  # tiny maps: the im2col route
     (2, 64, 3, 8, 3, 1, 1, 1),  # a stem on a large map
+    (1, 112, 4, 8, 3, 1, 1, 1),  # 112x112: inference takes XLA's convolution, training im2col
     (2, 9, 8, 16, 3, 2, 1, 1),  # stride 2, odd size
     (2, 8, 16, 24, 1, 1, 0, 1),  # pointwise
     (2, 7, 24, 24, 7, 2, 3, 1),  # a ResNet-like stem
@@ -54,12 +55,14 @@ def test_every_lowering_matches_a_float64_convolution(monkeypatch, lowering, cas
         )
     )
     (gx, gw), y = ours(x, w)
+    # Not differentiated, a convolution may take another route (XLA's on large maps): check it too.
+    y_eval = jax.jit(lambda x, w: ops.conv2d(x, w, stride=stride, padding=padding, groups=groups))(x, w)
     with jax.enable_x64(True):
         (rx, rw), ry = jax.grad(
             lambda x, w: loss(lambda a, b: reference(a, b, stride, padding, groups), x, w), argnums=(0, 1), has_aux=True
         )(x.astype(np.float64), w.astype(np.float64))
         rx, rw, ry = np.asarray(rx), np.asarray(rw), np.asarray(ry)
-    for got, want in ((y, ry), (gx, rx), (gw, rw)):
+    for got, want in ((y, ry), (y_eval, ry), (gx, rx), (gw, rw)):
         got = np.asarray(got, np.float64)
         assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import serialization
 from helpers import one_line_error, run_script
 from PIL import Image
 
@@ -190,6 +191,11 @@ def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     (tmp_path / "junk.msgpack").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="not a jaxvgg checkpoint or damaged"):
         checkpoint.read(tmp_path / "junk.msgpack")
+    # The first format's FC rows after the flatten are in another order: refused by name, not misread.
+    old = serialization.msgpack_serialize({"format": "jaxvgg-checkpoint-1", "meta": "{}", "state": {}})
+    (tmp_path / "old.msgpack").write_bytes(old)
+    with pytest.raises(UserError, match=r"earlier jaxvgg \(jaxvgg-checkpoint-1\), whose flatten order differs"):
+        checkpoint.read(tmp_path / "old.msgpack")
 
 
 @pytest.mark.slow

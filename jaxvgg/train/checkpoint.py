@@ -19,7 +19,9 @@ from flax import serialization
 
 from jaxvgg.errors import UserError, WeightMismatchError
 
-FORMAT = "jaxvgg-checkpoint-1"
+# 2: the first FC layer after a flatten reads torch's CHW order (1 had HWC rows, which load
+# without a shape error but compute something else, so they are refused by name).
+FORMAT = "jaxvgg-checkpoint-2"
 
 
 def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) -> None:
@@ -41,9 +43,17 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
         raise UserError(f"{path}: checkpoint does not exist")
     try:
         raw = serialization.msgpack_restore(path.read_bytes())
-        if raw.get("format") != FORMAT:
+        found = raw.get("format")
+        if found == "jaxvgg-checkpoint-1":
+            raise UserError(
+                f"{path}: written by an earlier jaxvgg ({found}), whose flatten order differs; "
+                f"this version reads {FORMAT}: train again, or convert through a .pth file from that version"
+            )
+        if found != FORMAT:
             raise ValueError("unknown format")
         return json.loads(raw["meta"]), raw["state"]
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{path}: not a jaxvgg checkpoint or damaged ({type(e).__name__}: {e})") from e
 
