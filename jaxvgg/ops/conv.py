@@ -155,10 +155,10 @@ def _large_stride1(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -
 
 
 # Inference on large maps: XLA:CPU's own forward convolution beats im2col there (no 9x patch
-# buffer to write and read back): 1.3-1.7x per layer on 112 and 224 px maps, mixed below; whole
-# eval steps, threshold 56x56 (medians of 8 in-process alternations): vgg16 at 224 px 2.83 ->
-# 3.23 img/s, at 64 px 22.1 -> 24.9, vgg16_gap at 112 px 10.0 -> 10.6 (a 112x112 threshold
-# gained about half as much).
+# buffer to write and read back): 1.3-1.7x per layer on 112 and 224 px maps (the 3-channel stem
+# even), mixed below. Whole eval steps, threshold 56x56, medians of 8 in-process alternations:
+# vgg16 at 224 px 2.83 -> 3.23 img/s, at 64 px 22.1 -> 24.9, vgg16_gap at 112 px 10.0 -> 10.6
+# (a 112x112 threshold gained about half as much).
 # Training keeps im2col exactly: an XLA forward and input gradient with an im2col weight
 # gradient won per layer but lost in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s,
 # student_cnn at 112 px 77 -> 68, in-process A/B), so under differentiation the primal is
