@@ -7,27 +7,34 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from jaxvgg.atomic import write_text
+from jaxvgg.config import load_run_config
+from jaxvgg.errors import UserError
 from jaxvgg.plots import plot_compare
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run folder's settings, history and test metrics; a one-line error if one is missing."""
     run = Path(run_dir)
-    return {
-        "dir": str(run),
-        "config": json.loads((run / "config.json").read_text()),
-        "history": json.loads((run / "history.json").read_text()),
-        "metrics": json.loads((run / "metrics.json").read_text()),
-    }
+    load_run_config(run)  # a clear error for a folder that is not a run, or a damaged config.json
+    out: dict[str, Any] = {"dir": str(run)}
+    for name, kind in (("config", dict), ("history", list), ("metrics", dict)):
+        path = run / f"{name}.json"
+        if not path.is_file():
+            raise UserError(f"{path}: missing; the run in {run} has not finished (train it first)")
+        try:
+            out[name] = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(out[name], kind) or (name == "history" and not out[name]):
+            raise UserError(f"{path}: not what a finished run writes")
+    return out
 
 
 def _steady_train_rate(history: list[dict]) -> float:
     """Median training images/s, leaving out the first epoch (compilation, warm-up) when there are more."""
     rates = [h["train_images_per_s"] for h in history]
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def curve_distance(a: list[dict], b: list[dict]) -> dict[str, float]:
@@ -83,6 +90,6 @@ def write_report(runs: dict[str, dict[str, Any]], out_dir: str | Path) -> str:
         ]
     lines += ["", "![curves](compare.png)", ""]
     text = "\n".join(lines)
-    (out_dir / "compare.md").write_text(text)
+    write_text(out_dir / "compare.md", text)
     plot_compare({n: r["history"] for n, r in runs.items()}, out_dir / "compare.png")
     return text

@@ -36,6 +36,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.0  # 0: the test split doubles as validation, as in the tutorial
     out_dir: str | None = None
+    overwrite: bool = False  # replace the run files of an existing --out-dir
     workers: int | None = None
     strict: bool = False  # unreadable images are an error instead of being skipped
     resume: str | None = None  # a run folder to continue
@@ -60,15 +61,54 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: v for k, v in raw.items() if k in known})
-        cfg.dataset_counts = tuple(cfg.dataset_counts)
-        return cfg
+    def from_json(cls, raw: Any, source: str | Path = "config") -> TrainConfig:
+        """Settings from JSON, each checked against its field's type; unknown keys are ignored."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a JSON object of settings, got {type(raw).__name__}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw:
+                values[f.name] = _typed(f.name, f.type, raw[f.name], source)
+        return cls(**values)
+
+
+def _typed(name: str, kind: str, value: Any, source: str | Path) -> Any:
+    """``value`` as field ``name`` of type ``kind`` (the annotation's text) wants it, or a one-line error."""
+    optional = kind.endswith(" | None")
+    base = kind.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "tuple[int, int, int]": isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }[base]
+    if not ok:
+        raise UserError(
+            f"{source}: {name} must be {kind.replace('tuple[int, int, int]', 'three integers')}, got {value!r}"
+        )
+    if base == "tuple[int, int, int]":
+        return tuple(value)
+    return float(value) if base == "float" else value
 
 
 # Settings of one invocation rather than of the run: --resume takes these from the command line.
-INVOCATION_SETTINGS = ("max_steps", "workers", "devices", "coordinator", "num_processes", "process_id", "precision")
+INVOCATION_SETTINGS = (
+    "max_steps",
+    "workers",
+    "devices",
+    "coordinator",
+    "num_processes",
+    "process_id",
+    "precision",
+    "overwrite",
+)
+# Settings a resumed run may change: they apply from the next epoch on, and the run says so.
+RESUMABLE_CHANGES = ("epochs", "patience")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
@@ -112,7 +152,8 @@ _HELP = {
     "split": "stratified (default) or random",
     "split_file": "re-use a split.json (e.g. from another run) so both runs see the same images",
     "val_fraction": "hold out this fraction of the training split for validation (0: validate on test)",
-    "out_dir": "run folder (default runs/<time>-<model>)",
+    "out_dir": "run folder (default runs/<time>-<model>-<framework>); it must be new or empty",
+    "overwrite": "replace the run files of an existing --out-dir (other files in it are kept)",
     "workers": "image-loading threads (default: CPU count, at most 8)",
     "strict": "stop on unreadable images instead of skipping them",
     "resume": "continue the run in this folder from its last checkpoint",
@@ -153,19 +194,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the preset, then every flag given explicitly."""
-    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The preset's settings, then every flag given on the command line."""
+    values: dict[str, Any] = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = tuple(given) if f.name == "dataset_counts" else given
-    cfg = TrainConfig(**values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the preset, then every flag given explicitly; with ``--resume``, the run's
+    saved settings, which the flags given may change only as :func:`resume_config` allows."""
+    values = explicit_settings(args)
+    if values.get("resume"):
+        cfg, _ = resume_config(values["resume"], values)
+    else:
+        cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
+def resume_config(run_dir: str | Path, requested: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The saved settings of ``run_dir`` with ``requested`` applied, and notes on what changed.
+
+    Settings of the invocation (``--max-steps``, ``--workers`` …) are taken as given; ``--epochs``
+    and ``--patience`` may change with a note; any other difference from the saved run is an error
+    that lists them all, so a resumed run is never silently something else.
+    """
+    saved = load_run_config(run_dir)
+    notes, conflicts = [], []
+    # Settings of this invocation come from it alone, given or default; a run's --max-steps does not persist.
+    default = TrainConfig()
+    changes: dict[str, Any] = {k: requested.get(k, getattr(default, k)) for k in INVOCATION_SETTINGS}
+    changes["resume"] = str(run_dir)
+    for name, value in requested.items():
+        if name == "resume" or name in INVOCATION_SETTINGS:
+            continue
+        old = getattr(saved, name)
+        if value != old and name in RESUMABLE_CHANGES:
+            changes[name] = value
+            notes.append(f"--{name.replace('_', '-')} {value} applies from now on (the run had {old})")
+        elif value != old:
+            conflicts.append(f"--{name.replace('_', '-')} {value} (the run has {old})")
+    if conflicts:
+        raise UserError(
+            f"--resume {run_dir}: these settings differ from the run's: {'; '.join(conflicts)}; "
+            "leave them out to continue the run as it was, or start a new run"
+        )
+    cfg = dataclasses.replace(saved, **changes)
+    validate_values(cfg)
+    return cfg, notes
+
+
+def changed_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from the defaults (what a caller in Python asked for)."""
+    default = TrainConfig()
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if getattr(cfg, f.name) != getattr(default, f.name)
+    }
+
+
+def validate_values(cfg: TrainConfig) -> None:
+    """Names and ranges of every setting, without touching the file system: the check for a
+    command line and for a run folder's ``config.json`` alike."""
     from jaxvgg.models.specs import MODELS
     from jaxvgg.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -178,20 +273,37 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("image_size", "batch_size", "epochs", "step_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.image_size > 4096:
+        raise UserError(f"--image-size {cfg.image_size}: at most 4096")
     if cfg.lr <= 0 or cfg.weight_decay < 0:
         raise UserError("--lr must be positive and --weight-decay non-negative")
     if cfg.patience < 1:
         raise UserError("--patience must be at least 1")
+    if not (0 < cfg.test_fraction < 1 and 0 <= cfg.val_fraction < 1):
+        raise UserError("--test-fraction must be in (0, 1) and --val-fraction in [0, 1)")
+    if cfg.split not in ("stratified", "random"):
+        raise UserError(f"--split {cfg.split!r}: choose stratified or random")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UserError(f"--workers {cfg.workers}: must be 0 or more")
     if cfg.precision not in ("fp32", "bf16"):
         raise UserError(f"--precision {cfg.precision!r}: choose fp32 or bf16")
-    if cfg.freeze != "none":
-        from jaxvgg.transfer import check_freeze
-
-        check_freeze(cfg.model, cfg.freeze, cfg.image_size)
     if not 0.0 <= cfg.prune_amount < 1.0:
         raise UserError(f"--prune-amount {cfg.prune_amount}: must be in [0, 1)")
     if cfg.prune_scope not in ("layer", "global"):
         raise UserError(f"--prune-scope {cfg.prune_scope!r}: choose layer or global")
+    if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
+        raise UserError("--temperature must be positive and --alpha in [0, 1]")
+    if cfg.pretrained and cfg.init_from:
+        raise UserError("give --pretrained or --init-from, not both")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """:func:`validate_values`, then what a new run needs from the file system and the model."""
+    validate_values(cfg)
+    if cfg.freeze != "none":
+        from jaxvgg.transfer import check_freeze
+
+        check_freeze(cfg.model, cfg.freeze, cfg.image_size)
     if cfg.teacher:
         teacher = load_run_config(cfg.teacher)  # a clear error if it is not a run folder
         from jaxvgg.models.specs import get_spec
@@ -201,20 +313,37 @@ def validate(cfg: TrainConfig) -> None:
                 f"--teacher {cfg.teacher}: {teacher.model} only takes {teacher.image_size} px images, "
                 f"not --image-size {cfg.image_size}"
             )
-    if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
-        raise UserError("--temperature must be positive and --alpha in [0, 1]")
-    if cfg.pretrained and cfg.init_from:
-        raise UserError("give --pretrained or --init-from, not both")
     for flag, source in (("--pretrained", cfg.pretrained), ("--init-from", cfg.init_from)):
         if source and not Path(source).exists():
             raise UserError(f"{flag} {source}: no such file or folder")
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """A run folder's settings, checked like a command line's (types, names, ranges)."""
     path = Path(run_dir) / "config.json"
-    if not path.exists():
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: not a run folder (no such folder)")
+    if not path.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.json)")
     try:
-        return TrainConfig.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from e
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from e
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
+        raise UserError(f"{path}: not valid JSON ({e})") from e
+    cfg = TrainConfig.from_json(raw, path)
+    try:
+        validate_values(cfg)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
+    return cfg
+
+
+def run_framework(run_dir: str | Path) -> str:
+    """``jax`` or ``torch``: which framework wrote the run folder (its ``config.json`` says)."""
+    path = Path(run_dir) / "config.json"
+    load_run_config(run_dir)
+    framework = json.loads(path.read_text()).get("framework", "jax")  # not a setting, so read here
+    if framework not in ("jax", "torch"):
+        raise UserError(f"{path}: framework {framework!r}: expected jax or torch")
+    return framework

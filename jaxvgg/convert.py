@@ -21,7 +21,8 @@ BN ``weight``      ``params/…/scale``
 default), for which torch ignores the counter, so it is dropped on the way in and written as
 0 on the way out (or as the count you pass).
 
-Nothing here imports torch; only :func:`load_pth` and :func:`save_pth` need it.
+Nothing here imports torch; only :func:`load_pth` and :func:`save_pth` need it (through
+:mod:`jaxvgg.torchfile`, which refuses pickled code).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from jaxvgg.errors import UserError, WeightMismatchError
 from jaxvgg.models import create_model, variable_shapes
+from jaxvgg.torchfile import load_torch_file, require_torch, save_torch_file
 
 _INDEX = re.compile(r"^(.*)_(\d+)$")
 _BN_STATS = {"running_mean": "mean", "running_var": "var"}
@@ -202,16 +204,7 @@ def _raise_mismatch(name: str, missing: list[str], unexpected: list[str], missha
 
 def load_pth(path: str) -> dict[str, np.ndarray]:
     """A ``.pth`` state_dict (or a checkpoint dict holding one under ``state_dict``/``model``) as arrays."""
-    try:
-        import torch
-    except ImportError as e:
-        raise UserError(f"{path}: reading .pth files needs PyTorch (pip install 'jaxvgg[torch]')") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: no such file") from e
-    except Exception as e:  # torch raises many kinds for a corrupt file
-        raise UserError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    obj = load_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -223,8 +216,5 @@ def load_pth(path: str) -> dict[str, np.ndarray]:
 
 
 def save_pth(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-    try:
-        import torch
-    except ImportError as e:
-        raise UserError(f"{path}: writing .pth files needs PyTorch (pip install 'jaxvgg[torch]')") from e
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
+    torch = require_torch(path)
+    save_torch_file(path, {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})

@@ -159,6 +159,8 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jaxvgg.plots import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     markers = {"JAX": "o", "PyTorch": "s"}
     variants = list(dict.fromkeys(r.variant for r in rows))
@@ -187,5 +189,4 @@ def plot(rows: list[Row], path: Path) -> None:
     handles += [plt.Line2D([], [], marker=m, ls="", color="grey", label=f) for f, m in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -27,14 +27,17 @@ AXIS = "data"
 
 
 def initialize(coordinator: str | None, num_processes: int = 1, process_id: int = 0) -> None:
-    """``jax.distributed.initialize`` for multi-host runs (on CPU its collectives use gloo)."""
+    """``jax.distributed.initialize`` for multi-host runs (on CPU its collectives use gloo).
+
+    Process 0's coordinator listens on the address given, not on every interface (JAX's default);
+    it has no authentication, so it belongs on a trusted network."""
     if coordinator is None:
         if num_processes > 1:
             raise UserError("--num-processes > 1 needs --coordinator HOST:PORT")
         return
     if not 0 <= process_id < num_processes:
         raise UserError(f"--process-id {process_id} must be in [0, {num_processes})")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id, coordinator_bind_address=coordinator)
     if process_id != 0:  # process 0 alone reports (the C++ runtime's lines too); errors still reach stderr
         sys.stdout.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)

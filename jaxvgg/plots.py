@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from jaxvgg.atomic import atomic_write
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write ``fig`` atomically, in the format its suffix names, and close it."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -27,8 +39,7 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(
@@ -48,8 +59,7 @@ def plot_confusion(
             )
     ax.set_title(title or "Confusion matrix (test split)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_compare(histories: dict[str, Sequence[dict]], path: str | os.PathLike, title: str = "") -> None:
@@ -68,5 +78,4 @@ def plot_compare(histories: dict[str, Sequence[dict]], path: str | os.PathLike, 
         ax.legend()
     fig.suptitle(title or "JAX vs PyTorch")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import resource
 import signal
 import sys
@@ -18,12 +19,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.config import INVOCATION_SETTINGS, TrainConfig, load_run_config
+from jaxvgg.atomic import write_bytes, write_json
+from jaxvgg.config import TrainConfig, changed_settings, load_run_config, resume_config, run_framework
 from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
 from jaxvgg.data.split import Split, load_split, make_split, save_split
 from jaxvgg.errors import UserError
 from jaxvgg.metrics import classification_report
 from jaxvgg.plots import plot_confusion, plot_curves
+
+# The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
+CHECKPOINTS = {"jax": ("best.msgpack", "last.msgpack"), "torch": ("best.pth", "last.pth")}
+SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights in the compact form
+RUN_FILES = (
+    "config.json",
+    "split.json",
+    "history.json",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    SPARSE_BEST,
+    *CHECKPOINTS["jax"],
+    *CHECKPOINTS["torch"],
+)
+SCRIPTS = {"jax": "scripts/train_jax.py", "torch": "scripts/train_torch.py"}
+
+
+class TrainingStopped(UserError):
+    """The loss became NaN/Inf or grew by orders of magnitude: training cannot go on."""
 
 
 @dataclasses.dataclass
@@ -35,6 +57,10 @@ class RunContext:
     history: list[dict[str, Any]]
     main: bool = True  # this process writes files (process 0 of a multi-host run)
     barrier: Callable[[str], None] = lambda name: None  # all processes wait here
+    framework: str = "jax"
+    created: bool = False  # this run made out_dir (so a failure before any checkpoint removes it)
+    config_changed: bool = False  # a resumed run whose --epochs/--patience changed: config.json to rewrite
+    reference_loss: float | None = None  # the first training loss seen, for the divergence check
 
     @property
     def classes(self) -> list[str]:
@@ -43,6 +69,17 @@ class RunContext:
     @property
     def val_subset(self) -> str:
         return "val" if self.split.subsets["val"] else "test"
+
+    def checkpoint(self, which: str) -> Path:
+        """``best`` or ``last``: this framework's checkpoint file in the run folder."""
+        return self.out_dir / CHECKPOINTS[self.framework][("best", "last").index(which)]
+
+    def save_config(self) -> None:
+        if self.main:
+            write_json(
+                self.out_dir / "config.json",
+                {**self.cfg.to_json(), "framework": self.framework, "classes": self.split.classes},
+            )
 
 
 def data_root(cfg: TrainConfig) -> Path:
@@ -53,28 +90,69 @@ def data_root(cfg: TrainConfig) -> Path:
     return ensure_dataset(cfg.dataset_seed, cfg.dataset_counts)
 
 
+def check_new_run_folder(out_dir: Path, overwrite: bool) -> None:
+    """A new run goes into a new or empty folder; ``--overwrite`` lets it replace a run's files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(
+            f"--out-dir {out_dir}: the folder is not empty; continue that run with --resume {out_dir}, "
+            "choose a new folder, or give --overwrite to replace its run files"
+        )
+
+
+def _clear_run_files(out_dir: Path) -> None:
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _read_history(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / "history.json"
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(history, list) or not all(
+        isinstance(h, dict) and isinstance(h.get("epoch"), int) for h in history
+    ):
+        raise UserError(f"{path}: expected a list of per-epoch records")
+    return history
+
+
+def _reopen_run(cfg: TrainConfig, framework: str) -> tuple[TrainConfig, Path, list[dict[str, Any]], bool]:
+    """Everything a resumed run needs from its folder, checked before anything is written."""
+    out_dir = Path(cfg.resume)
+    found = run_framework(out_dir)
+    if found != framework:
+        raise UserError(f"--resume {out_dir}: a {found} run folder; continue it with {SCRIPTS[found]} --resume")
+    cfg, notes = resume_config(out_dir, changed_settings(cfg))
+    last = out_dir / CHECKPOINTS[framework][1]
+    if not last.is_file():
+        raise UserError(f"--resume {out_dir}: no {last.name} to continue from")
+    for note in notes:
+        print(note)
+    return cfg, out_dir, _read_history(out_dir), bool(notes)
+
+
 def prepare_run(
     cfg: TrainConfig, framework: str, main: bool = True, barrier: Callable[[str], None] = lambda name: None
 ) -> RunContext:
     """Resolve data and split, create (or reopen, with ``--resume``) the run folder.
 
-    Only the ``main`` process writes; the others wait at ``barrier`` until it has.
+    Everything is checked before the first file is written, so a run refused here leaves no
+    folder behind and a refused ``--resume`` changes nothing. Only the ``main`` process writes;
+    the others wait at ``barrier`` until it has.
     """
     history: list[dict[str, Any]] = []
+    config_changed = False
     if cfg.resume:
-        out_dir = Path(cfg.resume)
-        saved = load_run_config(out_dir)
-        if saved.model != cfg.model and cfg.model != TrainConfig.model:
-            raise UserError(f"{out_dir}: run trained {saved.model}, not {cfg.model}")
-        # The run continues as it was configured; only settings of this invocation change.
-        cfg = dataclasses.replace(saved, resume=cfg.resume, **{k: getattr(cfg, k) for k in INVOCATION_SETTINGS})
-        hist = out_dir / "history.json"
-        history = json.loads(hist.read_text()) if hist.exists() else []
+        cfg, out_dir, history, config_changed = _reopen_run(cfg, framework)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
-        if main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+        check_new_run_folder(out_dir, cfg.overwrite)
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
@@ -92,13 +170,29 @@ def prepare_run(
         )
     if not split.subsets["test"]:
         raise UserError(f"{root}: the test split is empty; the data set is too small to split")
-    if main:
+    ctx = RunContext(cfg, out_dir, data, split, history, main, barrier, framework, config_changed=config_changed)
+    if main and not cfg.resume:
+        ctx.created = not out_dir.exists()
+        if cfg.overwrite and out_dir.is_dir():
+            _clear_run_files(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_split(split, root, out_dir / "split.json")
-        (out_dir / "config.json").write_text(
-            json.dumps({**cfg.to_json(), "framework": framework, "classes": split.classes}, indent=2)
-        )
+        ctx.save_config()
     barrier("run folder ready")
-    return RunContext(cfg, out_dir, data, split, history, main, barrier)
+    return ctx
+
+
+@contextlib.contextmanager
+def removed_if_unfinished(ctx: RunContext) -> Iterator[None]:
+    """A run that fails before its first checkpoint leaves no folder behind (only one it created)."""
+    try:
+        yield
+    except BaseException:
+        if ctx.main and ctx.created and not any(ctx.checkpoint(w).exists() for w in ("best", "last")):
+            _clear_run_files(ctx.out_dir)
+            with contextlib.suppress(OSError):
+                ctx.out_dir.rmdir()  # only if nothing else was put there
+        raise
 
 
 @dataclasses.dataclass
@@ -146,7 +240,7 @@ def end_epoch(
     }
     ctx.history.append(row)
     if ctx.main:
-        _write_json(ctx.out_dir / "history.json", ctx.history)
+        write_json(ctx.out_dir / "history.json", ctx.history)
         plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
     print(
         f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
@@ -193,11 +287,36 @@ def deferred_interrupt(ctx: RunContext, checkpoint_name: str) -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def non_finite_message(ctx: RunContext, value: float, epoch: int, batch: int, checkpoint_name: str) -> str:
-    return (
-        f"the training loss became {value} at epoch {epoch + 1}, batch {batch + 1}; stopped. "
-        f"The last good checkpoint is {ctx.out_dir / checkpoint_name} (try a lower --lr)"
-    )
+def _last_good(ctx: RunContext) -> str:
+    last = ctx.checkpoint("last")
+    if last.exists():
+        return f"the last good checkpoint is {last} (continue with --resume {ctx.out_dir} and a lower --lr)"
+    return "no checkpoint was written yet (try a lower --lr)"
+
+
+def check_loss(ctx: RunContext, value: float, epoch: int, batch: int) -> None:
+    """Stop on a NaN/Inf training loss; remember the first loss for :func:`check_divergence`."""
+    if not math.isfinite(value):
+        raise TrainingStopped(
+            f"the training loss became {value} at epoch {epoch + 1}, batch {batch + 1}; stopped; {_last_good(ctx)}"
+        )
+    if ctx.reference_loss is None:
+        ctx.reference_loss = value
+
+
+# An epoch whose mean training loss is this many times the run's first loss (or ln(classes), if
+# larger) has diverged: Adam at --lr 1e6 reached 7.5e30 with a finite loss and would be "best".
+DIVERGENCE_FACTOR = 100.0
+
+
+def check_divergence(ctx: RunContext, epoch_loss: float, epoch: int) -> None:
+    """Stop, before any best-model choice, when the epoch's training loss grew by orders of magnitude."""
+    start = max(ctx.reference_loss or 0.0, math.log(max(len(ctx.classes), 2)))
+    if epoch_loss > DIVERGENCE_FACTOR * start:
+        raise TrainingStopped(
+            f"the training loss grew from {start:.3g} to {epoch_loss:.3g} by epoch {epoch + 1}: training "
+            f"diverged, stopped without calling this epoch best; {_last_good(ctx)}"
+        )
 
 
 def finish_run(
@@ -229,7 +348,7 @@ def finish_run(
     }
     if not ctx.main:
         return report
-    _write_json(ctx.out_dir / "metrics.json", report)
+    write_json(ctx.out_dir / "metrics.json", report)
     plot_confusion(
         report["confusion_matrix"],
         ctx.classes,
@@ -243,16 +362,13 @@ def finish_run(
     return report
 
 
-SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights in the compact form
-
-
 def write_sparse_best(run_dir: Path, best_name: str, weights: Any, rows: list) -> Path:
     """Write a pruned run's best ``weights`` (any tree of arrays) compactly and report the sparsity
     ``rows`` (:class:`jaxvgg.compress.prune.LayerSparsity`) and both file sizes."""
     from jaxvgg.compress.prune import compact_bytes, format_sparsity
 
     path = run_dir / SPARSE_BEST
-    path.write_bytes(compact_bytes(weights))
+    write_bytes(path, compact_bytes(weights))
     print(format_sparsity(rows))
     dense = (run_dir / best_name).stat().st_size / 1e6
     print(f"{best_name}: {dense:.2f} MB; {SPARSE_BEST}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
@@ -271,9 +387,3 @@ def teacher_model(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)

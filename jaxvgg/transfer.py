@@ -77,18 +77,22 @@ def check_freeze(name: str, freeze: str, image_size: int = 224) -> None:
         raise UserError(f"--freeze {freeze!r} freezes every layer of {name}: nothing would train")
 
 
-def read_weights(source: str | Path) -> dict[str, np.ndarray]:
-    """A torch-named state_dict from a ``.pth``/``.msgpack`` file or a run folder."""
+def weights_file(source: str | Path) -> Path:
+    """The file ``source`` names: itself, or a run folder's best checkpoint of the framework its
+    ``config.json`` names (a folder holding both frameworks' files is read as its config says)."""
     path = Path(source)
     if path.is_dir():
-        for candidate in ("best.msgpack", "best.pth"):
-            if (path / candidate).exists():
-                path = path / candidate
-                break
-        else:
-            raise UserError(f"{source}: neither a weights file nor a run folder (no best.msgpack or best.pth)")
-    if not path.exists():
-        raise UserError(f"{source}: no such file or folder")
+        from jaxvgg.config import run_framework
+
+        path = path / {"jax": "best.msgpack", "torch": "best.pth"}[run_framework(path)]
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return path
+
+
+def read_weights(source: str | Path) -> dict[str, np.ndarray]:
+    """A torch-named state_dict from a ``.pth``/``.msgpack`` file or a run folder."""
+    path = weights_file(source)
     if path.suffix == ".msgpack":
         from jaxvgg.train.loop import load_variables  # the training loop imports this module
 
@@ -142,7 +146,7 @@ def fit_weights(
 
 
 def describe_load(source: str | Path, loaded: Mapping[str, Any], notes: list[str]) -> str:
-    text = f"initial weights: {len(loaded)} tensors from {source}"
+    text = f"initial weights: {len(loaded)} tensors from {weights_file(source)}"
     return text + "".join(f"\n  {n}" for n in notes)
 
 

@@ -23,7 +23,8 @@ SCRIPTS = Path(__file__).resolve().parent
 
 def train(script: str, flags: list[str], out: Path) -> Path:
     print(f"== {script} {' '.join(flags)} --out-dir {out}", flush=True)
-    code = subprocess.call([sys.executable, str(SCRIPTS / script), *flags, "--out-dir", str(out)])
+    # compare owns its --out folder: a second call with the same --out trains both runs again.
+    code = subprocess.call([sys.executable, str(SCRIPTS / script), *flags, "--out-dir", str(out), "--overwrite"])
     if code != 0:
         raise UserError(f"{script} failed with exit status {code}; see its output above")
     return out

@@ -34,7 +34,9 @@ def train(framework: str, run_dir: Path, flags: list[str]) -> Path:
         print(f"== re-using {run_dir}", flush=True)
         return run_dir
     print(f"== {TRAINERS[framework]} {' '.join(flags)} --out-dir {run_dir}", flush=True)
-    code = subprocess.call([sys.executable, str(SCRIPTS / TRAINERS[framework]), *flags, "--out-dir", str(run_dir)])
+    # lighten owns its run folders: one left unfinished by an earlier call is trained again.
+    cmd = [sys.executable, str(SCRIPTS / TRAINERS[framework]), *flags, "--out-dir", str(run_dir), "--overwrite"]
+    code = subprocess.call(cmd)
     if code != 0:
         raise UserError(f"{TRAINERS[framework]} failed with exit status {code}; see its output above")
     return run_dir

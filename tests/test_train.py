@@ -13,6 +13,7 @@ from PIL import Image
 
 from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
+from jaxvgg.run import TrainingStopped
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as loop_module
 from jaxvgg.train import steps as steps_module
@@ -93,7 +94,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
     assert stopped is None
     meta, _ = params_of(tmp_path / "parts")
     assert (meta["epoch"], meta["batch"]) == (1, 3)  # 7 batches per epoch: stopped in the second
-    loop_module.fit(tiny_config(tiny_data, tmp_path / "ignored", resume=str(tmp_path / "parts")))
+    loop_module.fit(tiny_config(tiny_data, tmp_path / "parts", epochs=2, resume=str(tmp_path / "parts")))
     _, whole = params_of(tmp_path / "whole")
     _, parts = params_of(tmp_path / "parts")
     assert len(whole) == len(parts)
@@ -116,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
         return state, {**m, "loss_sum": bad}
 
     monkeypatch.setattr(steps_module, "train_step", poisoned)
-    with pytest.raises(loop_module.NonFiniteLoss, match="loss became nan at epoch 2"):
+    with pytest.raises(TrainingStopped, match="loss became nan at epoch 2"):
         loop_module.fit(tiny_config(tiny_data, tmp_path / "run"))
     meta, _ = params_of(tmp_path / "run")
     assert meta["epoch"] == 1 and all(np.isfinite(x).all() for x in params_of(tmp_path / "run")[1])
@@ -152,7 +153,7 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
 
     # Bad input: one line, exit status 2, and nothing lost.
     msg = one_line_error(run_script("train_jax.py", "--resume", str(run), "--model", "vgg16_gap", check=False))
-    assert "trained student_cnn, not vgg16_gap" in msg
+    assert "--model vgg16_gap (the run has student_cnn)" in msg
     assert (run / "best.msgpack").exists()
 
 

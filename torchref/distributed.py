@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
+import socket
 import sys
 
 import torch
@@ -55,18 +57,48 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(model)
 
 
+_LISTENING: list[socket.socket] = []  # the rendezvous socket lives as long as the process
+
+
+def rendezvous_store(coordinator: str, world: int, rank: int) -> dist.TCPStore:
+    """The TCP store of ``--coordinator HOST:PORT``. Process 0 listens on HOST only: torch's own
+    ``tcp://`` rendezvous listens on every interface. The store has no authentication."""
+    host, _, port_text = coordinator.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise UserError(f"--coordinator {coordinator!r}: expected HOST:PORT")
+    host, port = host.strip("[]"), int(port_text)
+    timeout = datetime.timedelta(seconds=300)
+    if rank != 0:
+        return dist.TCPStore(host, port, world, False, timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        listener.close()
+        raise UserError(f"--coordinator {coordinator}: cannot listen there ({e.strerror})") from e
+    listener.listen()
+    _LISTENING.append(listener)
+    return dist.TCPStore(host, port, world, True, timeout, master_listen_fd=listener.fileno())
+
+
 def init_distributed(coordinator: str | None, num_processes: int = 1, process_id: int = 0) -> Distributed:
     if coordinator:
-        world, rank, local_rank, method = num_processes, process_id, 0, f"tcp://{coordinator}"
+        world, rank, local_rank = num_processes, process_id, 0
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-        local_rank, method = int(os.environ.get("LOCAL_RANK", "0")), "env://"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     else:
         return Distributed()
     if not 0 <= rank < world:
         raise UserError(f"--process-id {rank} must be in [0, {world})")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method=method, world_size=world, rank=rank)
+    if coordinator:
+        store = rendezvous_store(coordinator, world, rank)
+        dist.init_process_group(backend, store=store, world_size=world, rank=rank)
+    else:
+        dist.init_process_group(backend, init_method="env://", world_size=world, rank=rank)
     if rank != 0:  # rank 0 alone reports; errors still reach stderr
         sys.stdout.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)

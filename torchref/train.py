@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,29 @@ import torchref
 from jaxvgg.compress.prune import format_sparsity
 from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
+from jaxvgg.meta import check_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.run import (
     EpochSums,
     RunContext,
     announce_stop,
+    check_divergence,
+    check_loss,
     deferred_interrupt,
     early_stop_reason,
     end_epoch,
     finish_run,
-    non_finite_message,
     prepare_run,
+    removed_if_unfinished,
     teacher_model,
     write_sparse_best,
 )
+from jaxvgg.torchfile import load_torch_file, save_torch_file
 from jaxvgg.transfer import freeze_rule
 from torchref.compress import add_pruning_slots, distillation_loss, plain_state_dict, prune_model, sparsity
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
-from torchref.distributed import init_distributed
+from torchref.distributed import Distributed, init_distributed
 from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
 
@@ -72,25 +75,43 @@ def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
     }
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     path = Path(run_dir) / which
     if not path.exists():
         raise UserError(f"{path}: checkpoint does not exist")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    meta = ckpt["meta"]
+    ckpt = load_torch_file(path, map_location=device)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path}: not a torchref checkpoint (expected a model state_dict and its meta)")
+    meta = check_meta(ckpt.get("meta"), path)
     options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
     model = torchref.create_model(meta["model"], meta["num_classes"], **options)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
         raise UserError(f"{path}: checkpoint does not fit {meta['model']}: {str(e).splitlines()[0]}") from e
     return model.to(device).eval(), meta
+
+
+def restore_last(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, name: str, device: torch.device
+) -> dict[str, Any]:
+    """Pour ``last.pth`` into the model, optimizer, scheduler and torch's RNG; returns its meta."""
+    ckpt = load_torch_file(path, map_location=device)
+    try:
+        meta = ckpt["meta"]
+        if meta["model"] != name:
+            raise UserError(f"{path}: checkpoint is for {meta['model']}, not {name}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"].cpu())
+        if missing := [k for k in ("epoch", "batch", "best_acc", "bad_epochs", "step") if k not in meta]:
+            raise KeyError(", ".join(missing))
+    except UserError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a resumable torchref checkpoint ({type(e).__name__}: {e})") from e
+    return meta
 
 
 def evaluate(
@@ -127,6 +148,11 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     if cfg.batch_size % ddp.world:
         raise UserError(f"--batch-size {cfg.batch_size} does not split evenly over {ddp.world} processes")
     ctx = prepare_run(cfg, "torch", main=ddp.is_main, barrier=ddp.barrier)
+    with removed_if_unfinished(ctx):
+        return _train(ctx, ddp, device)
+
+
+def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, Any] | None:
     cfg = ctx.cfg
     dev = pick_device(device)
     if ddp.active and dev.type == "cuda":  # one GPU per process
@@ -179,14 +205,9 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
     criterion = nn.CrossEntropyLoss()
     start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
     if cfg.resume:
-        ckpt = torch.load(ctx.out_dir / LAST, map_location=dev, weights_only=False)
-        if ckpt["meta"]["model"] != cfg.model:
-            raise UserError(f"{ctx.out_dir / LAST}: checkpoint is for {ckpt['meta']['model']}, not {cfg.model}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
-        meta = ckpt["meta"]
+        meta = restore_last(ctx.out_dir / LAST, model, optimizer, scheduler, cfg.model, dev)
+        if ctx.config_changed:
+            ctx.save_config()
         start_epoch, start_batch, best_acc, bad_epochs, step = (
             meta["epoch"],
             meta["batch"],
@@ -213,7 +234,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
         ddp.barrier()
 
     def _save_last(epoch: int, batch: int, sums: EpochSums | None) -> None:
-        _save(
+        save_torch_file(
             ctx.out_dir / LAST,
             {
                 "model": model.state_dict(),
@@ -267,8 +288,7 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
                 value = loss.item()
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
-                if not math.isfinite(value):
-                    raise UserError(non_finite_message(ctx, value, epoch, batch_idx, LAST))
+                check_loss(ctx, value, epoch, batch_idx)
                 sums.add(value * len(y), (out.argmax(1) == y).sum().item(), len(y))
                 batch_idx += 1
                 bar.set_postfix(sums.postfix(time.perf_counter() - t0))
@@ -286,11 +306,12 @@ def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
             return None
         scheduler.step()
         with deferred_interrupt(ctx, LAST):
+            check_divergence(ctx, sums.loss / max(sums.count, 1), epoch)
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, bad_epochs = ev["acc"], 0
                 if ddp.is_main:
-                    _save(
+                    save_torch_file(
                         ctx.out_dir / BEST,
                         {"model": plain_state_dict(model), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
                     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvgg.atomic import write_text
 from jaxvgg.data.folder import ImageFolderIndex
 from jaxvgg.errors import UserError
 
@@ -68,7 +69,7 @@ def make_split(
 
 
 def save_split(split: Split, root: str | os.PathLike, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(split.to_json(root), indent=1))
+    write_text(path, json.dumps(split.to_json(root), indent=1))
 
 
 def load_split(path: str | os.PathLike, data: ImageFolderIndex | None = None) -> Split:

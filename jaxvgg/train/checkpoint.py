@@ -1,7 +1,8 @@
 """Checkpoints: one msgpack file holding the state pytree and a JSON header, written atomically.
 
-The file is written next to its target and renamed over it (``os.replace``), so a crash or
-Ctrl-C while saving leaves the previous good checkpoint in place. Orbax would add async and
+The file is written through :func:`jaxvgg.atomic.atomic_write` (a temporary file renamed over
+the target), so a crash, Ctrl-C or full disk while saving leaves the previous good checkpoint
+in place. Orbax would add async and
 multi-host sharded saving; for one replicated state per process a single atomic file is
 simpler, starts faster and is all we need (process 0 writes, see the scale issue).
 """
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from jaxvgg.atomic import write_bytes
 from jaxvgg.errors import UserError, WeightMismatchError
 
 # 2: the first FC layer after a flatten reads torch's CHW order (1 had HWC rows, which load
@@ -28,12 +30,7 @@ def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) -> None:
     path = Path(path)
     state = serialization.to_state_dict(jax.device_get(tree))
     payload = serialization.msgpack_serialize({"format": FORMAT, "meta": json.dumps(meta), "state": state})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, payload)
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,7 +48,10 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
             )
         if found != FORMAT:
             raise ValueError("unknown format")
-        return json.loads(raw["meta"]), raw["state"]
+        meta = json.loads(raw["meta"])
+        if not isinstance(meta, dict) or not isinstance(raw["state"], dict):
+            raise ValueError("meta or state is not a mapping")
+        return meta, raw["state"]
     except UserError:
         raise
     except Exception as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +21,21 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.convert import torch_to_flax
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
+from jaxvgg.meta import check_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.run import (
     EpochSums,
     RunContext,
     announce_stop,
+    check_divergence,
+    check_loss,
     deferred_interrupt,
     early_stop_reason,
     end_epoch,
     finish_run,
-    non_finite_message,
     prepare_run,
+    removed_if_unfinished,
     teacher_model,
     write_sparse_best,
 )
@@ -44,10 +46,6 @@ from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.transfer import freeze_rule, param_labels, read_weights, starting_variables
 
 LAST, BEST = "last.msgpack", "best.msgpack"
-
-
-class NonFiniteLoss(UserError):
-    pass
 
 
 class _StepLimit(Exception):
@@ -145,6 +143,8 @@ def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, d
     meta, raw = checkpoint.read(path)
     if meta.get("model") != model:
         raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
+    if missing := [k for k in ("epoch", "batch", "best_acc", "bad_epochs") if k not in meta]:
+        raise UserError(f"{path}: not a resumable checkpoint (its meta lacks {', '.join(missing)})")
     tree = checkpoint.restore(_state_tree(state), raw, path, model)
     return state.replace(**tree), meta
 
@@ -153,6 +153,7 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
     """(Flax model, variables, meta) of a JAX run folder's best (or last) checkpoint."""
     path = Path(run_dir) / which
     meta, raw = checkpoint.read(path)
+    check_meta(meta, path)
     if meta.get("framework", "jax") != "jax":
         raise UserError(f"{path}: not a JAX checkpoint")
     options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
@@ -202,6 +203,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
     par = DataParallel.create(cfg.devices)
     par.check_batch_size(cfg.batch_size)
     ctx = prepare_run(cfg, "jax", main=par.is_main, barrier=par.barrier)
+    with removed_if_unfinished(ctx):
+        return _train(ctx, par)
+
+
+def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
     cfg = ctx.cfg
     root = ctx.data.root
     shard = (jax.process_index(), jax.process_count())
@@ -228,6 +234,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
     start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
     if cfg.resume:
         state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
+        if ctx.config_changed:
+            ctx.save_config()
         start_epoch, start_batch = meta["epoch"], meta["batch"]
         best_acc, bad_epochs, resume_sums = meta["best_acc"], meta["bad_epochs"], meta.get("sums", {})
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
@@ -267,8 +275,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
                 batch_loss = float(m["loss_sum"])
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
-                if not math.isfinite(batch_loss):
-                    raise NonFiniteLoss(non_finite_message(ctx, batch_loss, epoch, batch_idx, LAST))
+                check_loss(ctx, batch_loss, epoch, batch_idx)
                 sums.add(batch_loss, float(m["correct"]), float(m["count"]))
                 batch_idx += 1
                 bar.set_postfix(sums.postfix(time.perf_counter() - t0))
@@ -294,6 +301,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any] | None:
                 raise
             return None
         with deferred_interrupt(ctx, LAST):
+            check_divergence(ctx, sums.loss / max(sums.count, 1), epoch)
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, bad_epochs = ev["acc"], 0
