@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,33 +9,39 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxvgg.data.folder import IMG_EXTENSIONS, load_rgb
+from jaxvgg.config import TrainConfig, load_run_config, run_framework
+from jaxvgg.data.folder import IMG_EXTENSIONS, UNREADABLE, link_problem, load_rgb, unreadable_reason
 from jaxvgg.data.transforms import Pipeline, normalize
 from jaxvgg.errors import UserError
 
 
 def image_paths(target: str | os.PathLike) -> list[Path]:
+    """The image files of ``target`` (a file, or a folder searched recursively), sorted."""
     target = Path(target)
     if target.is_dir():
-        paths = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        # Broken links stay in (they are reported as skipped); folders named like images do not.
+        paths = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and not p.is_dir())
         if not paths:
-            raise UserError(f"{target}: no images in this folder")
+            raise UserError(f"{target}: no images in this folder (extensions: {', '.join(IMG_EXTENSIONS)})")
         return paths
     if not target.exists():
-        raise UserError(f"{target}: no such file or folder")
+        raise UserError(f"{target}: {link_problem(target) or 'no such file or folder'}")
     return [target]
 
 
 def load_batch(paths: Sequence[Path], image_size: int) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
-    """uint8 NHWC images of the readable paths, and the unreadable ones with a reason."""
+    """uint8 NHWC images of the readable paths, and the unreadable ones with a reason.
+
+    Images above :data:`jaxvgg.data.folder.MAX_PIXELS` (decompression bombs) count as unreadable.
+    """
     pipeline = Pipeline(image_size)
     images, ok, bad = [], [], []
     for p in paths:
         try:
             images.append(pipeline(load_rgb(p)))
             ok.append(p)
-        except (OSError, ValueError) as e:
-            bad.append((p, str(e).splitlines()[0] if str(e) else type(e).__name__))
+        except UNREADABLE as e:  # a damaged or hostile file costs that file, not the whole run
+            bad.append((p, unreadable_reason(p, e)))
     return (np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)), ok, bad
 
 
@@ -57,9 +62,14 @@ def jax_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Pre
     return predict, meta["classes"]
 
 
+def run_settings(run_dir: str | os.PathLike) -> tuple[TrainConfig, str]:
+    """A run folder's settings and framework; a missing or damaged ``config.json`` is a one-line UserError."""
+    return load_run_config(run_dir), run_framework(run_dir)
+
+
 def predictor(run_dir: str | os.PathLike) -> tuple[Predictor, list[str]]:
     """A predictor for any run folder, JAX or PyTorch (the latter needs torch)."""
-    framework = json.loads((Path(run_dir) / "config.json").read_text()).get("framework", "jax")
+    _, framework = run_settings(run_dir)
     if framework == "torch":
         try:
             from torchref.predict import torch_predictor

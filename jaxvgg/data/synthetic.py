@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from jaxvgg.errors import UserError
+
 CLASSES = ("Early_blight", "Late_blight", "healthy")
 DEFAULT_COUNTS = (1000, 1000, 152)  # PlantVillage's potato subset
 IMAGE_SIZE = 256
@@ -156,6 +158,49 @@ def _write_one(job: tuple[str, int, int, int, int]) -> None:
     draw_leaf(seed, label, index, size).save(path, quality=int(rng.integers(60, 96)))
 
 
+MANIFEST = "dataset.json"
+GENERATOR = "jaxvgg make_dataset"  # the manifest's "generator": marks a folder this module wrote
+
+
+def _manifest(seed: int, counts: Sequence[int], size: int) -> dict:
+    return {
+        "generator": GENERATOR,
+        "version": VERSION,
+        "seed": seed,
+        "counts": list(counts),
+        "size": size,
+        "classes": list(CLASSES),
+    }
+
+
+def generated_by_us(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a dataset this module wrote and nothing else: replacing it loses nothing.
+
+    Manifests from before the ``generator`` key count too (they have the same other keys).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads((path / MANIFEST).read_text())
+        entries = {e.name: e for e in os.scandir(path)}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(raw, dict) or raw.get("classes") != list(CLASSES):
+        return False
+    if raw.get("generator", GENERATOR) != GENERATOR or not {"version", "seed", "counts"} <= raw.keys():
+        return False
+    # A file the user added to a generated set (notes, extra images) is theirs too.
+    if set(entries) - {MANIFEST, *CLASSES}:
+        return False
+    for name in CLASSES:
+        if name in entries:
+            if entries[name].is_symlink() or not entries[name].is_dir():
+                return False
+            prefix = f"{name.lower()}_"
+            if any(not (f.startswith(prefix) and f.endswith(".jpg")) for f in os.listdir(path / name)):
+                return False
+    return True
+
+
 def make_dataset(
     out: str | os.PathLike,
     seed: int = 0,
@@ -163,30 +208,63 @@ def make_dataset(
     size: int = IMAGE_SIZE,
     workers: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Write the dataset to ``out`` (replacing what is there) and return its path.
+    """Write the dataset to ``out`` and return its path.
 
-    A ``dataset.json`` written last marks a finished set, so an interrupted run is redone.
+    ``out`` may be missing, empty, or an earlier dataset of this module (it is replaced); any other
+    folder is refused unless ``force``, so a mistyped ``--out`` cannot delete someone's files.
+    The images are drawn into a temporary folder next to ``out`` that is renamed into place when
+    complete, so a crash midway leaves ``out`` as it was; ``dataset.json`` marks a finished set.
     """
     if len(counts) != len(CLASSES) or any(c < 0 for c in counts):
         raise ValueError(f"counts must be {len(CLASSES)} non-negative numbers, one per class {CLASSES}")
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    for name in CLASSES:
-        (out / name).mkdir(parents=True)
-    jobs = [(str(out), seed, label, i, size) for label, n in enumerate(counts) for i in range(n)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
-    from tqdm import tqdm
+    given = out = Path(out)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))  # replace the folder it points to, keep the link
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force and not generated_by_us(out):
+        raise UserError(f"{out}: not empty and not a dataset written by make_dataset.py; use --force to replace it")
+    target = Path(os.path.abspath(out))  # a name to derive the temporary folder's from, even for "."
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        for name in CLASSES:
+            (tmp / name).mkdir(parents=True)
+        jobs = [(str(tmp), seed, label, i, size) for label, n in enumerate(counts) for i in range(n)]
+        workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+        from tqdm import tqdm
 
-    # forkserver: forking a process that already runs JAX's threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        done = pool.map(_write_one, jobs, chunksize=32)
-        for _ in tqdm(done, total=len(jobs), desc="drawing the built-in dataset", unit="img", disable=not progress):
-            pass
-    manifest = {"version": VERSION, "seed": seed, "counts": list(counts), "size": size, "classes": list(CLASSES)}
-    (out / "dataset.json").write_text(json.dumps(manifest, indent=2))
-    return out
+        # forkserver: forking a process that already runs JAX's threads can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            done = pool.map(_write_one, jobs, chunksize=32)
+            for _ in tqdm(done, total=len(jobs), desc="drawing the built-in dataset", unit="img", disable=not progress):
+                pass
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(seed, counts, size), indent=2))
+        _swap_in(tmp, target)
+    except OSError as e:
+        raise UserError(f"{out}: could not write the dataset ({e.strerror or e})") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return given
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out``; the old ``out`` is removed only once ``new`` is there."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    try:
+        new.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def default_cache_dir() -> Path:
@@ -199,9 +277,12 @@ def ensure_dataset(
     """The cached built-in dataset for these settings, drawn on first use."""
     name = f"potato-synthetic-v{VERSION}-s{seed}-" + "-".join(map(str, counts)) + f"-{size}px"
     path = Path(root) if root is not None else default_cache_dir() / name
-    manifest = path / "dataset.json"
-    want = {"version": VERSION, "seed": seed, "counts": list(counts), "size": size, "classes": list(CLASSES)}
-    if manifest.exists() and json.loads(manifest.read_text()) == want:
+    try:
+        found = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        found = None
+    if isinstance(found, dict) and {**found, "generator": GENERATOR} == _manifest(seed, counts, size):
         return path
     print(f"drawing the built-in potato-leaf dataset into {path} (once; later runs reuse it)")
-    return make_dataset(path, seed, counts, size)
+    # Our cache folder is ours to replace; a folder the caller names is checked like --out.
+    return make_dataset(path, seed, counts, size, force=root is None)
