@@ -16,14 +16,16 @@ from jaxvgg.errors import UserError
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "student_cnn"
+    # The main job: a VGG-16 that learns the built-in set in minutes on two CPU cores (docs/recipes.md).
+    model: str = "vgg16_gap_bn"
     data_dir: str | None = None  # None: the built-in synthetic dataset
-    image_size: int = 64
+    image_size: int = 32
     batch_size: int = 32
-    epochs: int = 6
-    lr: float = 1e-3
+    epochs: int = 5
+    lr: float | None = None  # None: the model's own default (ModelSpec.default_lr)
     weight_decay: float = 1e-5
     optimizer: str = "adam"
+    class_weights: str = "balanced"  # rare classes weigh more in the training loss; none: plain loss
     schedule: str = "cosine"
     step_size: int = 30  # StepLR
     gamma: float = 0.1  # StepLR
@@ -34,7 +36,7 @@ class TrainConfig:
     split: str = "stratified"
     split_file: str | None = None  # re-use another run's split.json
     test_fraction: float = 0.2
-    val_fraction: float = 0.0  # 0: the test split doubles as validation, as in the tutorial
+    val_fraction: float = 0.1  # of the training split, held out for model selection; 0: validate on test (tutorial)
     out_dir: str | None = None
     overwrite: bool = False  # replace the run files of an existing --out-dir
     workers: int | None = None
@@ -56,6 +58,12 @@ class TrainConfig:
     coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
     num_processes: int = 1
     process_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr is None:  # resolved here, so config.json records the rate the run used
+            from jaxvgg.models.specs import MODELS
+
+            self.lr = MODELS[self.model].default_lr if self.model in MODELS else 1e-3
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +115,7 @@ INVOCATION_SETTINGS = (
     "precision",
     "overwrite",
 )
+CLASS_WEIGHTS = ("none", "balanced")
 # Settings a resumed run may change: they apply from the next epoch on, and the run says so.
 RESUMABLE_CHANGES = ("epochs", "patience")
 
@@ -124,6 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=0.0,
         schedule="constant",
         patience=40,
+        val_fraction=0.0,  # the tutorial picks its best model on the test split
+        class_weights="none",
     ),
     # The tutorial's optimised version: torchvision VGG-16, augmentation, AdamW-free Adam + cosine.
     "optimized": dict(
@@ -136,6 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         schedule="cosine",
         patience=10,
         augment=True,
+        class_weights="none",
     ),
 }
 
@@ -144,14 +156,18 @@ _HELP = {
     "data_dir": "ImageFolder root (one sub-folder per class); default: the built-in dataset",
     "image_size": "square input size in pixels",
     "epochs": "maximum epochs (also T_max of the cosine schedule)",
-    "lr": "base learning rate",
+    "lr": "base learning rate (default: the model's own: 1e-3 for BatchNorm VGGs, resnet50 and student_cnn; "
+    "1e-4, the tutorial's, for VGGs without BatchNorm)",
     "weight_decay": "weight decay (coupled L2 for adam/sgd, decoupled for adamw)",
+    "class_weights": "none, or balanced: each class's training loss weighted by n / (classes x n_class), "
+    "as torch's CrossEntropyLoss(weight=...); for imbalanced data such as PlantVillage's 1000/1000/152 potatoes",
     "schedule": "cosine (CosineAnnealingLR), step (StepLR) or constant",
     "patience": "early stopping: epochs without a better validation accuracy",
     "augment": "RandomResizedCrop + RandomHorizontalFlip for training",
     "split": "stratified (default) or random",
     "split_file": "re-use a split.json (e.g. from another run) so both runs see the same images",
-    "val_fraction": "hold out this fraction of the training split for validation (0: validate on test)",
+    "val_fraction": "hold out this stratified fraction of the training split for validation (best model, "
+    "early stopping); the test split is then used once, at the end. 0: validate on the test split, as the tutorial",
     "out_dir": "run folder (default runs/<time>-<model>-<framework>); it must be new or empty",
     "overwrite": "replace the run files of an existing --out-dir (other files in it are kept)",
     "workers": "image-loading threads (default: CPU count, at most 8)",
@@ -182,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from these settings")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
+        help_text = _HELP.get(f.name, "") + ("" if f.default is None else f" (default: {f.default})")
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "dataset_counts":
@@ -190,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, type=int, nargs=3, default=None, metavar="N", help="built-in dataset: images per class"
             )
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
@@ -268,6 +284,8 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError(f"--model {cfg.model!r}: choose one of {', '.join(sorted(MODELS))}")
     if cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.class_weights not in CLASS_WEIGHTS:
+        raise UserError(f"--class-weights {cfg.class_weights!r}: choose one of {', '.join(CLASS_WEIGHTS)}")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"--schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for name in ("image_size", "batch_size", "epochs", "step_size"):

@@ -31,3 +31,12 @@ def classification_report(labels: Sequence[int], preds: Sequence[int], classes: 
         "classes": list(classes),
         "confusion_matrix": cm.tolist(),
     }
+
+
+def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """``n / (C * n_c)`` per class (scikit-learn's "balanced"): every class weighs as much in the
+    loss as if the classes were equally frequent. A class absent from ``labels`` gets weight 0."""
+    counts = np.bincount(np.asarray(labels, int), minlength=num_classes).astype(float)
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, counts.sum() / (num_classes * counts), 0.0)
+    return weights.tolist()

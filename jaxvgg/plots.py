@@ -24,16 +24,18 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Non
         plt.close(fig)
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Two panels like the tutorial's: accuracy, then loss, for training and validation."""
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "", val_split: str = "val") -> None:
+    """Two panels like the tutorial's: accuracy, then loss, for training and the split that
+    chose the best model (``val``, or ``test`` when the test split doubled as validation)."""
+    held_out = "validation" if val_split == "val" else "test (used for validation)"
     epochs = [h["epoch"] for h in history]
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((acc, "acc", "Accuracy"), (loss, "loss", "Loss")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label=f"Training {label.lower()}")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label=f"Validation {label.lower()}")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label=f"{held_out.capitalize()} {label.lower()}")
         ax.set_xlabel("Epoch")
         ax.set_ylabel(label)
-        ax.set_title(f"Training and validation {label.lower()}")
+        ax.set_title(f"Training and {held_out.split()[0]} {label.lower()}")
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -24,7 +24,7 @@ from jaxvgg.config import TrainConfig, changed_settings, load_run_config, resume
 from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
 from jaxvgg.data.split import Split, load_split, make_split, save_split
 from jaxvgg.errors import UserError
-from jaxvgg.metrics import classification_report
+from jaxvgg.metrics import balanced_class_weights, classification_report
 from jaxvgg.plots import plot_confusion, plot_curves
 
 # The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
@@ -80,6 +80,16 @@ class RunContext:
                 self.out_dir / "config.json",
                 {**self.cfg.to_json(), "framework": self.framework, "classes": self.split.classes},
             )
+
+
+def class_weights(ctx: RunContext) -> list[float] | None:
+    """Per-class loss weights from the training split (``--class-weights balanced``), or None."""
+    if ctx.cfg.class_weights == "none":
+        return None
+    labels = [label for _, label in ctx.split.samples("train")]
+    weights = balanced_class_weights(labels, len(ctx.classes))
+    print("class weights: " + ", ".join(f"{c} {w:.3f}" for c, w in zip(ctx.classes, weights, strict=True)))
+    return weights
 
 
 def data_root(cfg: TrainConfig) -> Path:
@@ -195,6 +205,28 @@ def removed_if_unfinished(ctx: RunContext) -> Iterator[None]:
         raise
 
 
+class EpochEstimate:
+    """Times training steps 2 .. k+1 (the first one compiles) and says once what the epochs ahead
+    will take, so that a user of a slow setting (the tutorial's 224 px on a CPU) knows at once."""
+
+    def __init__(self, steps_per_epoch: int, epochs_left: int, k: int = 4):
+        self.steps_per_epoch, self.epochs_left, self.k = steps_per_epoch, epochs_left, k
+        self.seen, self.start = 0, 0.0
+
+    def step(self) -> str | None:
+        self.seen += 1
+        if self.seen == 1:
+            self.start = time.perf_counter()
+        elif self.seen == 1 + self.k:
+            epoch_s = (time.perf_counter() - self.start) / self.k * self.steps_per_epoch
+            total = epoch_s * self.epochs_left
+            return (
+                f"estimated {epoch_s:.0f} s of training per epoch (from steps 2-{1 + self.k}); "
+                f"{self.epochs_left} epoch(s) ≈ {total / 60:.1f} min, plus validation"
+            )
+        return None
+
+
 @dataclasses.dataclass
 class EpochSums:
     """Running sums of one training epoch (exact averages whatever the batch sizes)."""
@@ -235,13 +267,14 @@ def end_epoch(
         "train_acc": sums.correct / n,
         "val_loss": ev["loss"],
         "val_acc": ev["acc"],
+        "val_split": ctx.val_subset,  # "test" when --val-fraction 0 (the tutorial's way)
         "seconds": time.perf_counter() - t0,
         "train_images_per_s": sums.count / train_s,
     }
     ctx.history.append(row)
     if ctx.main:
         write_json(ctx.out_dir / "history.json", ctx.history)
-        plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}")
+        plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}", val_split=ctx.val_subset)
     print(
         f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
         f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
@@ -355,10 +388,13 @@ def finish_run(
         ctx.out_dir / "confusion.png",
         title=f"{ctx.cfg.model}: test accuracy {report['accuracy']:.1%}",
     )
+    chosen = "on the validation split" if ctx.val_subset == "val" else "on the test split (--val-fraction 0)"
     print(
-        f"best model (epoch {meta['epoch']}): test accuracy {report['accuracy']:.1%}, macro-F1 "
-        f"{report['macro_f1']:.3f}; outputs in {ctx.out_dir}"
+        f"best model (epoch {meta['epoch']}, chosen {chosen}): test accuracy {report['accuracy']:.1%}, "
+        f"macro-F1 {report['macro_f1']:.3f}"
     )
+    print("test recall per class: " + ", ".join(f"{c} {m['recall']:.3f}" for c, m in report["per_class"].items()))
+    print(f"outputs in {ctx.out_dir}")
     return report
 
 

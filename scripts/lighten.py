@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3, help="epochs for every model trained from scratch")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of fine-tuning after pruning")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, help="one learning rate for every model (default: each model's own)")
     p.add_argument("--prune-amount", type=float, default=0.3)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
     p.add_argument("--base", default="vgg16", help="the model that is pruned, quantized and distilled")
@@ -101,7 +101,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     common = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-    common += ["--epochs", str(args.epochs), "--lr", str(args.lr)]
+    common += ["--epochs", str(args.epochs)] + (["--lr", str(args.lr)] if args.lr else [])
     common += ["--data-dir", args.data_dir] if args.data_dir else ["--dataset-counts", *map(str, args.dataset_counts)]
     frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
 
@@ -133,7 +133,8 @@ def main() -> None:
     header = (
         f"# Making VGG-16 light: measured\n\n"
         f"{len(test[1])} test images at {args.image_size} px; models trained {args.epochs} epochs from scratch "
-        f"(batch {args.batch_size}, Adam lr {args.lr}); pruning: L1 per layer, then {args.finetune_epochs} epoch(s) "
+        f"(batch {args.batch_size}, Adam lr {args.lr or 'per model'}); pruning: L1 per layer, "
+        f"then {args.finetune_epochs} epoch(s) "
         f"of fine-tuning; int8: per-channel weights, activations calibrated on 64 training images.\n"
         f"Machine: {platform.processor() or platform.machine()}, {_cores()} cores; training {train_s / 60:.1f} min, "
         f"total {total_s / 60:.1f} min.\nCommand: `python scripts/lighten.py {' '.join(sys.argv[1:])}`\n\n"

@@ -19,6 +19,7 @@ KNOWN_TOTALS = [
     ("vgg16_bn", 1000, 138_365_992),
     ("vgg16_slim", 3, 40_668_995),
     ("vgg16_gap", 3, 14_716_227),
+    ("vgg16_gap_bn", 3, 14_724_675),  # vgg16_gap + 2 x 4,224 BatchNorm scales and biases
     ("resnet50", 1000, 25_557_032),
 ]
 

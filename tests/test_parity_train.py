@@ -15,6 +15,7 @@ from jaxvgg.config import TrainConfig  # noqa: E402
 from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
 from jaxvgg.data import Pipeline, load_rgb, scan_image_folder  # noqa: E402
 from jaxvgg.data.transforms import normalize  # noqa: E402
+from jaxvgg.metrics import balanced_class_weights  # noqa: E402
 from jaxvgg.models.layers import BatchNorm2d  # noqa: E402
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule  # noqa: E402
 from jaxvgg.train.state import create_train_state  # noqa: E402
@@ -36,6 +37,27 @@ def torch_and_flax(name, size, seed=0):
     model = torchref.create_model(name, 3, image_size=size) if name == "student_cnn" else torchref.create_model(name)
     opts = {"image_size": size} if name == "student_cnn" else {}
     return model, jaxvgg.create_model(name, 3, **opts), torch_to_flax(name, model.state_dict(), **opts), opts
+
+
+def test_class_weighted_loss_and_its_gradient_equal_torchs():
+    """``--class-weights``: torch's CrossEntropyLoss(weight=w), padding rows left out, in float64."""
+    rng = np.random.RandomState(1)
+    logits = rng.randn(7, 3)
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    pad = np.array([1, 1, 1, 1, 1, 1, 0.0])  # the last row is padding
+    w = np.array(balanced_class_weights(labels[:6].tolist(), 3))
+    assert w == pytest.approx([6 / (3 * 4), 6 / (3 * 1), 6 / (3 * 1)])
+    t_logits = torch.tensor(logits[:6], requires_grad=True)
+    loss = torch.nn.CrossEntropyLoss(weight=torch.tensor(w))(t_logits, torch.tensor(labels[:6]))
+    loss.backward()
+    with jax.enable_x64(True):
+        fn = lambda z: cross_entropy(z, jnp.asarray(labels), jnp.asarray(pad), jnp.asarray(w))
+        mean, summed = fn(jnp.asarray(logits))
+        grad = jax.grad(lambda z: fn(z)[0])(jnp.asarray(logits))
+    assert float(mean) == pytest.approx(loss.item(), rel=1e-12)
+    assert float(summed) == pytest.approx(loss.item() * 6, rel=1e-12)  # what the epoch sums add
+    assert np.asarray(grad)[:6] == pytest.approx(t_logits.grad.numpy(), rel=1e-10, abs=1e-14)
+    assert np.all(np.asarray(grad)[6] == 0)
 
 
 @pytest.mark.parametrize("name", ["student_cnn", "vgg16_gap"])

@@ -18,11 +18,13 @@ from jaxvgg.errors import UserError
 from jaxvgg.meta import check_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.run import (
+    EpochEstimate,
     EpochSums,
     RunContext,
     announce_stop,
     check_divergence,
     check_loss,
+    class_weights,
     deferred_interrupt,
     early_stop_reason,
     end_epoch,
@@ -202,6 +204,9 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
     # Frozen parameters are not given to the optimizer, so it keeps no state for them.
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = make_scheduler(cfg, optimizer)
+    weights = class_weights(ctx)
+    # Training weighs the classes as asked; evaluation reports the plain loss, as the JAX side does.
+    train_criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=dev))
     criterion = nn.CrossEntropyLoss()
     start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
     if cfg.resume:
@@ -253,6 +258,7 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
             },
         )
 
+    estimate = EpochEstimate(batches_per_epoch, cfg.epochs - start_epoch)
     first_step_s, t_start, stopped = None, time.perf_counter(), "finished"
     for epoch in range(start_epoch, cfg.epochs):
         batch_idx = start_batch if epoch == start_epoch else 0
@@ -277,7 +283,7 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
                 with autocast(dev, cfg.precision):
                     out = net(x)
                     if teacher is None:
-                        loss = criterion(out.float(), y)
+                        loss = train_criterion(out.float(), y)
                     else:
                         with torch.no_grad():
                             teacher_out = teacher(x)
@@ -288,6 +294,8 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
                 value = loss.item()
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
+                if message := estimate.step():
+                    bar.write(message)
                 check_loss(ctx, value, epoch, batch_idx)
                 sums.add(value * len(y), (out.argmax(1) == y).sum().item(), len(y))
                 batch_idx += 1

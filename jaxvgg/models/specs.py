@@ -55,6 +55,19 @@ class ModelSpec:
     description: str = ""
 
     @property
+    def default_lr(self) -> float:
+        """Adam's learning rate for training the model from scratch with the defaults.
+
+        VGGs sit at the majority class at 1e-3 without BatchNorm (every such row of lighten.py)
+        and learn at the tutorial's 1e-4; BatchNorm with the 4096-wide head still blew up at 5e-4
+        (vgg16_bn: first-epoch loss 30), so only the GAP head gets 5e-4; ResNet-50 and the
+        two-conv student 1e-3. Measurements and what is not yet shown: docs/recipes.md.
+        """
+        if self.family == "resnet" or self.cfg == "student":
+            return 1e-3
+        return 5e-4 if self.batch_norm and self.head == "gap" else 1e-4
+
+    @property
     def sized(self) -> bool:
         """Whether the first FC layer's width depends on the image size (no adaptive pool)."""
         return self.family == "vgg" and HEADS[self.head].pool is None
@@ -81,6 +94,9 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "vgg16_slim": ModelSpec("vgg", "D", head="slim", description="VGG-16, FC head 1024-256"),
     "vgg16_gap": ModelSpec("vgg", "D", head="gap", description="VGG-16, global-average-pool head"),
+    "vgg16_gap_bn": ModelSpec(
+        "vgg", "D", batch_norm=True, head="gap", description="VGG-16 with BatchNorm and the global-average-pool head"
+    ),
     "vgg16_dsconv": ModelSpec(
         "vgg",
         "D",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +26,13 @@ from jaxvgg.meta import check_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.run import (
+    EpochEstimate,
     EpochSums,
     RunContext,
     announce_stop,
     check_divergence,
     check_loss,
+    class_weights,
     deferred_interrupt,
     early_stop_reason,
     end_epoch,
@@ -241,7 +244,9 @@ def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
         ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
         print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     state = par.replicate(state)
-    train_step, eval_step = par.compile_steps(steps.train_step, steps.eval_step)
+    weights = class_weights(ctx)
+    step_fn = steps.train_step if weights is None else functools.partial(steps.train_step, class_weights=weights)
+    train_step, eval_step = par.compile_steps(step_fn, steps.eval_step)
     n_train, n_frozen = trainable_count(state, cfg)
     print(
         f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
@@ -250,6 +255,7 @@ def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
         f"{par.size} {jax.devices()[0].platform} device(s)"
         + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
     )
+    estimate = EpochEstimate(len(train), cfg.epochs - start_epoch)
     first_step_s = None
     t_start = time.perf_counter()
     stopped = "finished"
@@ -275,6 +281,8 @@ def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
                 batch_loss = float(m["loss_sum"])
                 if first_step_s is None:
                     first_step_s = time.perf_counter() - t_start
+                if message := estimate.step():
+                    bar.write(message)
                 check_loss(ctx, batch_loss, epoch, batch_idx)
                 sums.add(batch_loss, float(m["correct"]), float(m["count"]))
                 batch_idx += 1

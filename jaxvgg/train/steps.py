@@ -21,11 +21,20 @@ from jaxvgg.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(weighted mean loss, weighted sum of per-example losses), like ``nn.CrossEntropyLoss``."""
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, weight: jax.Array, class_weights: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(mean loss, mean loss x examples), like ``nn.CrossEntropyLoss(weight=class_weights)``.
+
+    ``weight`` is 1 for real examples and 0 for padding. With ``class_weights`` each example's loss
+    is scaled by its class's weight and the mean is taken over the summed weights, as torch does.
+    The second value is what the epoch's running sums add up (torch's ``loss.item() * len(y)``).
+    """
     per_example = optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels)
-    total = jnp.sum(per_example * weight)
-    return total / jnp.maximum(jnp.sum(weight), 1.0), total
+    w = weight if class_weights is None else weight * jnp.asarray(class_weights, jnp.float32)[labels]
+    total_w = jnp.sum(w)
+    mean = jnp.sum(per_example * w) / jnp.where(total_w > 0, total_w, 1.0)
+    return mean, mean * jnp.sum(weight)
 
 
 def _metrics(logits: jax.Array, batch: Batch, loss_sum: jax.Array) -> dict[str, jax.Array]:
@@ -33,7 +42,9 @@ def _metrics(logits: jax.Array, batch: Batch, loss_sum: jax.Array) -> dict[str, 
     return {"loss_sum": loss_sum, "correct": jnp.sum(correct), "count": jnp.sum(batch["weight"])}
 
 
-def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState, batch: Batch, class_weights: jax.Array | None = None
+) -> tuple[TrainState, dict[str, jax.Array]]:
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = normalize(batch["image"])
 
@@ -49,7 +60,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
             variables, images, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
         )
         if teacher_logits is None:
-            loss, loss_sum = cross_entropy(logits, batch["label"], batch["weight"])
+            loss, loss_sum = cross_entropy(logits, batch["label"], batch["weight"], class_weights)
         else:
             d = state.distillation
             loss, loss_sum = distillation_loss(
