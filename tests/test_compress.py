@@ -102,7 +102,17 @@ def test_int8_model_stays_within_two_points_of_the_float_model(tiny_data, tmp_pa
     from jaxvgg.train.loop import fit, load_variables
 
     run = tmp_path / "run"
-    fit(TrainConfig(data_dir=str(tiny_data), image_size=32, batch_size=16, epochs=4, out_dir=str(run)))
+    fit(
+        TrainConfig(
+            model="student_cnn",
+            data_dir=str(tiny_data),
+            image_size=32,
+            batch_size=16,
+            epochs=4,
+            out_dir=str(run),
+            val_fraction=0.0,  # the 57 training images below are the whole 80%
+        )
+    )
     model, variables, _ = load_variables(run)
     images, labels, _ = load_images(run, "train", 32)  # 57 images; the 15 test images alone are too few
     x = normalize(images)

@@ -112,8 +112,8 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     real = steps_module.train_step
 
-    def poisoned(state, batch):
-        state, m = real(state, batch)
+    def poisoned(state, batch, **kw):
+        state, m = real(state, batch, **kw)
         bad = jnp.where(state.step > 9, jnp.nan, m["loss_sum"])  # second epoch
         return state, {**m, "loss_sum": bad}
 
@@ -129,6 +129,8 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     run = tmp_path / "run"
     out = run_script(
         "train_jax.py",
+        "--model",
+        "student_cnn",
         "--data-dir",
         str(tiny_data),
         "--image-size",
@@ -175,7 +177,16 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     ],
 )
 def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, args, expected):
-    base = ["--data-dir", str(tiny_data), "--image-size", "32", "--out-dir", str(tmp_path / "r")]
+    base = [
+        "--model",
+        "student_cnn",
+        "--data-dir",
+        str(tiny_data),
+        "--image-size",
+        "32",
+        "--out-dir",
+        str(tmp_path / "r"),
+    ]
     assert expected in one_line_error(run_script("train_jax.py", *base, *args, check=False))
 
 
