@@ -63,6 +63,22 @@ def tiny_config(data, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def tiny_flags(data, out):
+    """The command-line twin of :func:`tiny_config`."""
+    return [
+        "--model",
+        "student_cnn",
+        "--data-dir",
+        str(data),
+        "--image-size",
+        "32",
+        "--out-dir",
+        str(out),
+        "--workers",
+        "2",
+    ]
+
+
 def params_of(run_dir):
     meta, state = checkpoint.read(run_dir / "last.msgpack")
     return meta, jax.tree.leaves(state)
@@ -127,23 +143,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
 @pytest.mark.slow
 def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     run = tmp_path / "run"
-    out = run_script(
-        "train_jax.py",
-        "--model",
-        "student_cnn",
-        "--data-dir",
-        str(tiny_data),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--out-dir",
-        str(run),
-        "--workers",
-        "2",
-    ).stdout
+    out = run_script("train_jax.py", *tiny_flags(tiny_data, run), "--batch-size", "8", "--epochs", "2").stdout
     assert "best model (epoch" in out and "epoch 2/2" in out
     single = run_script("predict.py", str(tiny_data / "healthy" / "healthy_00000.jpg"), "--run", str(run)).stdout
     assert single.splitlines()[0].endswith(("Early_blight", "Late_blight", "healthy"))
@@ -177,17 +177,9 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     ],
 )
 def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, args, expected):
-    base = [
-        "--model",
-        "student_cnn",
-        "--data-dir",
-        str(tiny_data),
-        "--image-size",
-        "32",
-        "--out-dir",
-        str(tmp_path / "r"),
-    ]
-    assert expected in one_line_error(run_script("train_jax.py", *base, *args, check=False))
+    assert expected in one_line_error(
+        run_script("train_jax.py", *tiny_flags(tiny_data, tmp_path / "r"), *args, check=False)
+    )
 
 
 def test_distill_script_needs_a_teacher(tiny_data):
