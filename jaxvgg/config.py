@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxvgg.errors import UserError
+from jaxvgg.models.specs import MODELS
 
 
 @dataclasses.dataclass
@@ -61,8 +62,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.lr is None:  # resolved here, so config.json records the rate the run used
-            from jaxvgg.models.specs import MODELS
-
             self.lr = MODELS[self.model].default_lr if self.model in MODELS else 1e-3
 
     def to_json(self) -> dict[str, Any]:
@@ -73,7 +72,7 @@ class TrainConfig:
         """Settings from JSON, each checked against its field's type; unknown keys are ignored."""
         if not isinstance(raw, dict):
             raise UserError(f"{source}: expected a JSON object of settings, got {type(raw).__name__}")
-        values = {}
+        values = {k: v for k, v in LEGACY_SETTINGS.items() if k not in raw}
         for f in dataclasses.fields(cls):
             if f.name in raw:
                 values[f.name] = _typed(f.name, f.type, raw[f.name], source)
@@ -116,6 +115,8 @@ INVOCATION_SETTINGS = (
     "overwrite",
 )
 CLASS_WEIGHTS = ("none", "balanced")
+# What a config.json written before a setting existed meant by leaving it out.
+LEGACY_SETTINGS = {"class_weights": "none"}
 # Settings a resumed run may change: they apply from the next epoch on, and the run says so.
 RESUMABLE_CHANGES = ("epochs", "patience")
 
@@ -267,17 +268,26 @@ def resume_config(run_dir: str | Path, requested: dict[str, Any]) -> tuple[Train
 def changed_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The settings of ``cfg`` that differ from the defaults (what a caller in Python asked for)."""
     default = TrainConfig()
-    return {
+    out = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
         if getattr(cfg, f.name) != getattr(default, f.name)
     }
+    if cfg.model in MODELS and cfg.lr == MODELS[cfg.model].default_lr:
+        out.pop("lr", None)  # filled in from the model, not asked for
+    return out
+
+
+def already_resumed(cfg: TrainConfig, saved: TrainConfig) -> bool:
+    """Whether ``cfg`` is ``saved`` as :func:`resume_config` returns it (only invocation settings
+    and the changes a resume allows differ): the command line resolved it already."""
+    skip = {"resume", *INVOCATION_SETTINGS, *RESUMABLE_CHANGES}
+    return all(getattr(cfg, f.name) == getattr(saved, f.name) for f in dataclasses.fields(cfg) if f.name not in skip)
 
 
 def validate_values(cfg: TrainConfig) -> None:
     """Names and ranges of every setting, without touching the file system: the check for a
     command line and for a run folder's ``config.json`` alike."""
-    from jaxvgg.models.specs import MODELS
     from jaxvgg.train.optim import OPTIMIZERS, SCHEDULES
 
     if cfg.model not in MODELS:

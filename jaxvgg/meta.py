@@ -40,3 +40,15 @@ def check_meta(meta: Any, path: str | os.PathLike) -> dict[str, Any]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resume_meta(meta: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``meta`` of a ``last`` checkpoint if it holds a resumable position, else a one-line error."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: not a resumable checkpoint (no meta)")
+    bad = [k for k in ("epoch", "batch", "bad_epochs") if not _is_int(meta.get(k))]
+    if not isinstance(meta.get("best_acc"), int | float) or isinstance(meta.get("best_acc"), bool):
+        bad.append("best_acc")
+    if bad:
+        raise UserError(f"{path}: not a resumable checkpoint (its meta lacks or mangles {', '.join(bad)})")
+    return meta

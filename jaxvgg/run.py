@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from jaxvgg.atomic import write_bytes, write_json
-from jaxvgg.config import TrainConfig, changed_settings, load_run_config, resume_config, run_framework
+from jaxvgg.config import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    already_resumed,
+    changed_settings,
+    load_run_config,
+    resume_config,
+    run_framework,
+)
 from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
 from jaxvgg.data.split import Split, load_split, make_split, save_split
 from jaxvgg.errors import UserError
@@ -86,6 +94,9 @@ def class_weights(ctx: RunContext) -> list[float] | None:
     """Per-class loss weights from the training split (``--class-weights balanced``), or None."""
     if ctx.cfg.class_weights == "none":
         return None
+    if ctx.cfg.teacher:
+        print("class weights: not used with --teacher (the distillation loss weighs no classes)")
+        return None
     labels = [label for _, label in ctx.split.samples("train")]
     weights = balanced_class_weights(labels, len(ctx.classes))
     print("class weights: " + ", ".join(f"{c} {w:.3f}" for c, w in zip(ctx.classes, weights, strict=True)))
@@ -109,6 +120,19 @@ def check_new_run_folder(out_dir: Path, overwrite: bool) -> None:
             f"--out-dir {out_dir}: the folder is not empty; continue that run with --resume {out_dir}, "
             "choose a new folder, or give --overwrite to replace its run files"
         )
+
+
+def check_inputs_outside(cfg: TrainConfig, out_dir: Path) -> None:
+    """``--overwrite`` must not delete the weights or split the run is about to read."""
+    if not (cfg.overwrite and out_dir.is_dir()):
+        return
+    for flag in ("pretrained", "init_from", "teacher", "split_file"):
+        source = getattr(cfg, flag)
+        if source and Path(source).resolve().is_relative_to(out_dir.resolve()):
+            raise UserError(
+                f"--{flag.replace('_', '-')} {source}: inside --out-dir {out_dir}, whose run files "
+                "--overwrite would delete; copy it elsewhere or choose another --out-dir"
+            )
 
 
 def _clear_run_files(out_dir: Path) -> None:
@@ -137,7 +161,15 @@ def _reopen_run(cfg: TrainConfig, framework: str) -> tuple[TrainConfig, Path, li
     found = run_framework(out_dir)
     if found != framework:
         raise UserError(f"--resume {out_dir}: a {found} run folder; continue it with {SCRIPTS[found]} --resume")
-    cfg, notes = resume_config(out_dir, changed_settings(cfg))
+    saved = load_run_config(out_dir)
+    if already_resumed(cfg, saved):  # resolved from the command line: what it asked for stands
+        notes = [
+            f"--{k} {getattr(cfg, k)} applies from now on (the run had {getattr(saved, k)})"
+            for k in RESUMABLE_CHANGES
+            if getattr(cfg, k) != getattr(saved, k)
+        ]
+    else:  # a caller in Python: the settings it changed from the defaults are its request
+        cfg, notes = resume_config(out_dir, changed_settings(cfg))
     last = out_dir / CHECKPOINTS[framework][1]
     if not last.is_file():
         raise UserError(f"--resume {out_dir}: no {last.name} to continue from")
@@ -163,6 +195,7 @@ def prepare_run(
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
         check_new_run_folder(out_dir, cfg.overwrite)
+        check_inputs_outside(cfg, out_dir)
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
@@ -323,7 +356,7 @@ def deferred_interrupt(ctx: RunContext, checkpoint_name: str) -> Iterator[None]:
 def _last_good(ctx: RunContext) -> str:
     last = ctx.checkpoint("last")
     if last.exists():
-        return f"the last good checkpoint is {last} (continue with --resume {ctx.out_dir} and a lower --lr)"
+        return f"the last good checkpoint is {last} (try a lower --lr in a new run)"
     return "no checkpoint was written yet (try a lower --lr)"
 
 

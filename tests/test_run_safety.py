@@ -369,3 +369,34 @@ def test_the_jax_coordinator_binds_to_the_address_given(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **kw: seen.update(kw))
     parallel.initialize("127.0.0.1:1234", 2, 0)
     assert seen["coordinator_bind_address"] == "127.0.0.1:1234"
+
+
+def test_review_cases_of_resume_overwrite_and_old_configs(tiny_data, tmp_path):
+    import argparse
+
+    from jaxvgg.config import add_arguments
+    from jaxvgg.run import prepare_run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    run = run_folder(tiny_data, tmp_path / "run", "jax", epochs=3)
+    checkpoint.save(run / "last.msgpack", {"w": np.zeros(1)}, {"model": "student_cnn", "epoch": "3"})
+    # --epochs equal to the default still counts: it was given.
+    cfg = config_from_args(parser.parse_args(["--resume", str(run), "--epochs", str(TrainConfig().epochs)]))
+    ctx = prepare_run(cfg, "jax")
+    assert ctx.cfg.epochs == TrainConfig().epochs and ctx.config_changed
+    # A last checkpoint whose position is mangled is one line, before config.json is rewritten.
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(UserError, match="not a resumable checkpoint"):
+        jax_loop.fit(cfg)
+    assert (run / "config.json").read_bytes() == before
+    # --overwrite never deletes the weights the run is to start from.
+    student_weights(run / "best.pth")
+    with pytest.raises(UserError, match="inside --out-dir"):
+        prepare_run(settings(tiny_data, run, overwrite=True, init_from=str(run / "best.pth")), "torch")
+    assert (run / "best.pth").exists()
+    # A config.json from before --class-weights existed meant the plain loss.
+    raw = json.loads((run / "config.json").read_text())
+    del raw["class_weights"]
+    (run / "config.json").write_text(json.dumps(raw))
+    assert load_run_config(run).class_weights == "none"

@@ -15,7 +15,7 @@ import torchref
 from jaxvgg.compress.prune import format_sparsity
 from jaxvgg.config import TrainConfig
 from jaxvgg.errors import UserError
-from jaxvgg.meta import check_meta
+from jaxvgg.meta import check_meta, check_resume_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.run import (
     EpochEstimate,
@@ -107,8 +107,9 @@ def restore_last(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"].cpu())
-        if missing := [k for k in ("epoch", "batch", "best_acc", "bad_epochs", "step") if k not in meta]:
-            raise KeyError(", ".join(missing))
+        check_resume_meta(meta, path)
+        if not isinstance(meta.get("step"), int):
+            raise KeyError("step")
     except UserError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
@@ -211,6 +212,8 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
     start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
     if cfg.resume:
         meta = restore_last(ctx.out_dir / LAST, model, optimizer, scheduler, cfg.model, dev)
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            scheduler.T_max = cfg.epochs  # a resume may change --epochs; JAX's schedule follows it too
         if ctx.config_changed:
             ctx.save_config()
         start_epoch, start_batch, best_acc, bad_epochs, step = (

@@ -22,7 +22,7 @@ from jaxvgg.config import TrainConfig
 from jaxvgg.convert import torch_to_flax
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.errors import UserError
-from jaxvgg.meta import check_meta
+from jaxvgg.meta import check_meta, check_resume_meta
 from jaxvgg.models.specs import get_spec
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.run import (
@@ -146,8 +146,7 @@ def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, d
     meta, raw = checkpoint.read(path)
     if meta.get("model") != model:
         raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
-    if missing := [k for k in ("epoch", "batch", "best_acc", "bad_epochs") if k not in meta]:
-        raise UserError(f"{path}: not a resumable checkpoint (its meta lacks {', '.join(missing)})")
+    check_resume_meta(meta, path)
     tree = checkpoint.restore(_state_tree(state), raw, path, model)
     return state.replace(**tree), meta
 
