@@ -196,6 +196,7 @@ def prepare_run(
         out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
         check_new_run_folder(out_dir, cfg.overwrite)
         check_inputs_outside(cfg, out_dir)
+        barrier("out-dir checked")  # every process looks before process 0 writes into it
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
