@@ -42,6 +42,13 @@ def train(framework: str, run_dir: Path, flags: list[str]) -> Path:
     return run_dir
 
 
+def light_model(variant: str, base: str) -> str:
+    """The light variant of ``base``: with BatchNorm when the base has it, so the rows differ in one thing."""
+    from jaxvgg.models.specs import get_spec
+
+    return f"{variant}_bn" if get_spec(base).batch_norm else variant
+
+
 def variants_for(framework: str, out: Path, common: list[str], args: argparse.Namespace) -> list:
     from jaxvgg.lighten import Variant
 
@@ -52,16 +59,17 @@ def variants_for(framework: str, out: Path, common: list[str], args: argparse.Na
     base = run(b, "--model", b)
     ft = ["--epochs", str(args.finetune_epochs)]
     prune = ["--init-from", base, "--prune-amount", str(args.prune_amount), *ft]
+
+    def light(variant: str, label: str) -> Variant:
+        name = light_model(variant, b)
+        return Variant(f"{name} ({label})", name, run(name, "--model", name))
+
     # Each entry trains (lazily) only when selected.
     table = {
         "base": lambda: Variant(b, b, base),
-        "slim": lambda: Variant("vgg16_slim (FC 1024-256)", "vgg16_slim", run("vgg16_slim", "--model", "vgg16_slim")),
-        "gap": lambda: Variant(
-            "vgg16_gap (global average pool)", "vgg16_gap", run("vgg16_gap", "--model", "vgg16_gap")
-        ),
-        "dsconv": lambda: Variant(
-            "vgg16_dsconv (depthwise-separable)", "vgg16_dsconv", run("vgg16_dsconv", "--model", "vgg16_dsconv")
-        ),
+        "slim": lambda: light("vgg16_slim", "FC 1024-256"),
+        "gap": lambda: light("vgg16_gap", "global average pool"),
+        "dsconv": lambda: light("vgg16_dsconv", "depthwise-separable"),
         "pruned": lambda: Variant(
             f"{b} pruned {args.prune_amount:.0%} + fine-tuned",
             b,

@@ -18,6 +18,9 @@ KNOWN_TOTALS = [
     ("vgg16", 1000, 138_357_544),
     ("vgg16_bn", 1000, 138_365_992),
     ("vgg16_slim", 3, 40_668_995),
+    ("vgg16_slim_bn", 3, 40_677_443),  # counted by torchref
+    ("vgg16_dsconv", 3, 27_630_177),
+    ("vgg16_dsconv_bn", 3, 27_638_625),
     ("vgg16_gap", 3, 14_716_227),
     ("vgg16_gap_bn", 3, 14_724_675),  # vgg16_gap + 2 x 4,224 BatchNorm scales and biases
     ("resnet50", 1000, 25_557_032),

@@ -93,6 +93,7 @@ MODELS: dict[str, ModelSpec] = {
         description="the tutorial's hand-built VGG-16: no average pool, no dropout",
     ),
     "vgg16_slim": ModelSpec("vgg", "D", head="slim", description="VGG-16, FC head 1024-256"),
+    "vgg16_slim_bn": ModelSpec("vgg", "D", batch_norm=True, head="slim", description="vgg16_slim with BatchNorm"),
     "vgg16_gap": ModelSpec("vgg", "D", head="gap", description="VGG-16, global-average-pool head"),
     "vgg16_gap_bn": ModelSpec(
         "vgg", "D", batch_norm=True, head="gap", description="VGG-16 with BatchNorm and the global-average-pool head"
@@ -103,6 +104,9 @@ MODELS: dict[str, ModelSpec] = {
         separable=True,
         head="slim",
         description="VGG-16 with depthwise-separable convolutions and the slim head",
+    ),
+    "vgg16_dsconv_bn": ModelSpec(
+        "vgg", "D", batch_norm=True, separable=True, head="slim", description="vgg16_dsconv with BatchNorm"
     ),
     "resnet50": ModelSpec("resnet", head="gap", description="torchvision ResNet-50 (v1.5: stride on the 3x3 conv)"),
     "student_cnn": ModelSpec(
