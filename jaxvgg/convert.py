@@ -21,8 +21,7 @@ BN ``weight``      ``params/…/scale``
 default), for which torch ignores the counter, so it is dropped on the way in and written as
 0 on the way out (or as the count you pass).
 
-Nothing here imports torch; only :func:`load_pth` and :func:`save_pth` need it (through
-:mod:`jaxvgg.torchfile`, which refuses pickled code).
+Nothing here imports torch: ``.pth`` files are read and written by :mod:`jaxvgg.tools.weights`.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxvgg.errors import UserError, WeightMismatchError
+from jaxvgg.core.weights import mismatch_error
 from jaxvgg.models import create_model, variable_shapes
-from jaxvgg.torchfile import load_torch_file, require_torch, save_torch_file
 
 _INDEX = re.compile(r"^(.*)_(\d+)$")
 _BN_STATS = {"running_mean": "mean", "running_var": "var"}
@@ -136,7 +134,8 @@ def torch_to_flax(
             # A copy: torch tensors share memory with .numpy(), and torch updates BatchNorm statistics in place.
             flat[target] = np.array(arr, dtype=expected[target].dtype, order="C", copy=True)
     missing = [_torch_name(p) for p in expected if p not in flat and not _is_reported(p, misshaped)]
-    _raise_mismatch(name, missing, unexpected, misshaped)
+    if error := mismatch_error(name, missing, unexpected, misshaped):
+        raise error
     return _nest(flat)
 
 
@@ -189,32 +188,3 @@ def _torch_shape_of(arr: Any, target: tuple[str, ...]) -> tuple[int, ...]:
 def _is_reported(path: tuple[str, ...], misshaped: list[str]) -> bool:
     name = _torch_name(path)
     return any(m.startswith(name + ":") for m in misshaped)
-
-
-def _raise_mismatch(name: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
-    if not (missing or unexpected or misshaped):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            shown = "; ".join(items[:8]) + (f"; … ({len(items) - 8} more)" if len(items) > 8 else "")
-            parts.append(f"{label} ({len(items)}): {shown}")
-    raise WeightMismatchError(f"weights do not fit {name}: " + " | ".join(parts))
-
-
-def load_pth(path: str) -> dict[str, np.ndarray]:
-    """A ``.pth`` state_dict (or a checkpoint dict holding one under ``state_dict``/``model``) as arrays."""
-    obj = load_torch_file(path)
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise UserError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
-    return {k.removeprefix("module."): _to_numpy(v) for k, v in obj.items()}
-
-
-def save_pth(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-    torch = require_torch(path)
-    save_torch_file(path, {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})

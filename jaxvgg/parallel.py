@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxvgg.errors import UserError
+from jaxvgg.core.errors import UserError
 
 AXIS = "data"
 

@@ -13,7 +13,7 @@ cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply
 --repeats N runs each framework N times, alternating, and reports medians: use it on a shared
 machine, where identical runs differ by up to 40%. The JAX convolution lowering follows
 JAXVGG_CONV (auto, xla, im2col). Both children apply the scripts' allocator settings
-(jaxvgg.hostmem; JAXVGG_MALLOC=0 turns them off in both). The training loader's images/s is
+(jaxvgg.core.hostmem; JAXVGG_MALLOC=0 turns them off in both). The training loader's images/s is
 printed at the end.
 """
 
@@ -95,7 +95,7 @@ def bench_jax(model: str, image_size: int, batch_size: int, steps: int, precisio
     import jax.numpy as jnp
 
     import jaxvgg
-    from jaxvgg.models.specs import get_spec
+    from jaxvgg.core.specs import get_spec
     from jaxvgg.train.optim import make_optimizer
     from jaxvgg.train.state import create_train_state
     from jaxvgg.train.steps import compile_steps
@@ -135,8 +135,8 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
     import torch
 
     import torchref
-    from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from jaxvgg.models.specs import get_spec
+    from jaxvgg.core.specs import get_spec
+    from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
     from torchref.device import pick_device
     from torchref.precision import autocast, prepare, to_device
 
@@ -187,10 +187,10 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
 
 def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | None:
     """Images/s of the training loader (augmentation on) on the cached built-in dataset, if present."""
+    from jaxvgg.core.cache import cache_dir
     from jaxvgg.data import Loader, Pipeline, scan_image_folder
-    from jaxvgg.data.synthetic import default_cache_dir
 
-    roots = sorted(default_cache_dir().glob("potato-synthetic-*")) if default_cache_dir().exists() else []
+    roots = sorted(cache_dir().glob("potato-synthetic-*")) if cache_dir().exists() else []
     if not roots:
         return None
     data = scan_image_folder(roots[0])
@@ -206,7 +206,7 @@ def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | 
 def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str, precision: str) -> None:
     import resource
 
-    from jaxvgg.hostmem import keep_freed_memory
+    from jaxvgg.core.hostmem import keep_freed_memory
 
     # Both frameworks' scripts run with these allocator settings; so does each child here.
     allocator_tuned = keep_freed_memory()

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from jaxvgg.cli import main_guard
-from jaxvgg.compare import load_run, write_report
-from jaxvgg.errors import UserError
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.errors import UserError
+from jaxvgg.tools.compare import load_run, write_report
 
 SCRIPTS = Path(__file__).resolve().parent
 

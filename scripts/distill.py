@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 
-from jaxvgg.cli import main_guard
-from jaxvgg.config import add_arguments, config_from_args
-from jaxvgg.errors import UserError
+from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.config import add_arguments, config_from_args
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.tools.weights import read_weights
 
 
 @main_guard
 def main() -> None:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
+    enable_compilation_cache()  # a second run loads its compiled steps
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", help="the student model (default: --model, i.e. student_cnn)")
     parser.add_argument("--framework", choices=["jax", "torch"], default="jax")
@@ -30,11 +35,11 @@ def main() -> None:
     if args.framework == "jax":
         from jaxvgg.train.loop import fit
 
-        fit(cfg)
+        fit(cfg, read_weights)
     else:
         from torchref.train import fit as torch_fit
 
-        torch_fit(cfg)
+        torch_fit(cfg, read_weights=read_weights)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jaxvgg.cli import main_guard
-from jaxvgg.config import load_run_config
+from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.config import load_run_config
+from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.core.metrics import classification_report
+from jaxvgg.core.run import data_root
 from jaxvgg.data import Loader, Pipeline, load_split, scan_image_folder
-from jaxvgg.metrics import classification_report
-from jaxvgg.predict import predictor
-from jaxvgg.run import data_root
+from jaxvgg.tools.predict import predictor
 
 
 @main_guard
 def main() -> None:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
+    enable_compilation_cache()  # a second run loads its compiled steps
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--data-dir", help="evaluate on every image of this ImageFolder instead of the run's test split")

@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from jaxvgg.cli import main_guard
-from jaxvgg.errors import UserError
+from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.hostmem import keep_freed_memory
 
 SCRIPTS = Path(__file__).resolve().parent
 TRAINERS = {"jax": "train_jax.py", "torch": "train_torch.py"}
@@ -44,13 +46,13 @@ def train(framework: str, run_dir: Path, flags: list[str]) -> Path:
 
 def light_model(variant: str, base: str) -> str:
     """The light variant of ``base``: with BatchNorm when the base has it, so the rows differ in one thing."""
-    from jaxvgg.models.specs import get_spec
+    from jaxvgg.core.specs import get_spec
 
     return f"{variant}_bn" if get_spec(base).batch_norm else variant
 
 
 def variants_for(framework: str, out: Path, common: list[str], args: argparse.Namespace) -> list:
-    from jaxvgg.lighten import Variant
+    from jaxvgg.tools.lighten import Variant
 
     def run(name: str, *flags: str) -> str:
         return str(train(framework, out / f"{framework}-{name}", [*common, *flags]))
@@ -88,6 +90,8 @@ def variants_for(framework: str, out: Path, common: list[str], args: argparse.Na
 
 @main_guard
 def main() -> None:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
+    enable_compilation_cache()  # a second run loads its compiled steps
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/lighten")
     p.add_argument("--data-dir", help="ImageFolder root (default: a subset of the built-in dataset)")
@@ -122,8 +126,8 @@ def main() -> None:
         variants[fw] = variants_for(fw, out, flags, args)
     train_s = time.perf_counter() - t0
 
-    from jaxvgg.lighten import format_table, jax_row, load_images, plot
     from jaxvgg.summary import model_macs
+    from jaxvgg.tools.lighten import format_table, jax_row, load_images, plot
 
     base_run = str(out / f"{frameworks[0]}-{args.base}")
     test = load_images(base_run, "test", args.image_size)
@@ -132,7 +136,7 @@ def main() -> None:
     for fw in frameworks:
         measure = jax_row
         if fw == "torch":
-            from torchref.lighten import torch_row as measure
+            from jaxvgg.tools.lighten_torch import torch_row as measure
         for v in variants[fw]:
             print(f"== measuring {v.name} ({FRAMEWORK_NAMES[fw]})", flush=True)
             rows.append(measure(v, test, calibration, model_macs(v.model, args.image_size), out, args.repeats))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from jaxvgg.cli import main_guard
-from jaxvgg.data.synthetic import CLASSES, DEFAULT_COUNTS, make_dataset
-from jaxvgg.errors import UserError
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS, make_dataset
 
 
 @main_guard

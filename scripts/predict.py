@@ -14,13 +14,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxvgg.cli import main_guard
-from jaxvgg.errors import UserError
-from jaxvgg.predict import format_predictions, image_paths, load_batch, predictor, run_settings
+from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.core.images import format_predictions, image_paths, load_batch
+from jaxvgg.tools.predict import predictor, run_settings
 
 
 @main_guard
 def main() -> int:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
+    enable_compilation_cache()  # a second run loads its compiled steps
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="an image file or a folder of images")
     p.add_argument("--run", required=True, help="run folder written by train_jax.py or train_torch.py")

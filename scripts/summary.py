@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 
-import jaxvgg
-from jaxvgg.cli import main_guard
-from jaxvgg.errors import UserError
-from jaxvgg.models.specs import get_spec
-from jaxvgg.transfer import check_freeze, freeze_rule
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.freeze import check_freeze, freeze_rule
+from jaxvgg.core.specs import MODELS, get_spec
 
 
 @main_guard
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vgg16", choices=jaxvgg.list_models())
+    p.add_argument("--model", default="vgg16", choices=sorted(MODELS))
     p.add_argument("--framework", default="jax", choices=["jax", "torch"])
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=3)
@@ -26,15 +25,15 @@ def main() -> None:
     args = p.parse_args()
     if args.image_size < 1 or args.num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
-    check_freeze(args.model, args.freeze, args.image_size)
+    check_freeze(args.model, args.freeze)
     is_frozen = freeze_rule(args.model, args.freeze)
     options = {"image_size": args.image_size} if get_spec(args.model).sized else {}
     try:
         if args.framework == "jax":
-            from jaxvgg.models import variable_shapes
+            from jaxvgg.models import create_model, variable_shapes
             from jaxvgg.summary import flax_summary
 
-            model = jaxvgg.create_model(args.model, args.num_classes, **options)
+            model = create_model(args.model, args.num_classes, **options)
             summary = flax_summary(model, variable_shapes(model, args.image_size), args.image_size, is_frozen)
         else:
             try:

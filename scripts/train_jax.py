@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 
-from jaxvgg.cli import main_guard
-from jaxvgg.config import add_arguments, config_from_args
+from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.config import add_arguments, config_from_args
+from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.tools.weights import read_weights
 
 
 @main_guard
 def main() -> None:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
+    enable_compilation_cache()  # a second run loads its compiled steps
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args()
@@ -25,7 +30,7 @@ def main() -> None:
     cfg = config_from_args(args)
     from jaxvgg.train.loop import fit
 
-    fit(cfg)
+    fit(cfg, read_weights)  # --pretrained/--init-from/--teacher: .pth files and runs of either framework
     if not cfg.data_dir and cfg.model != "vgg16_manual":
         print(
             "\nThe tutorial's full VGG-16 run on your own PlantVillage potato images:\n"

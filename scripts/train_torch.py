@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from jaxvgg.cli import main_guard
-from jaxvgg.config import add_arguments, config_from_args
+from jaxvgg.core.cli import main_guard
+from jaxvgg.core.config import add_arguments, config_from_args
+from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.tools.weights import read_weights
 
 
 @main_guard
 def main() -> None:
+    keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.add_argument("--device", help="force cpu, cuda or mps (default: MPS, then CUDA, then CPU)")
@@ -21,7 +24,7 @@ def main() -> None:
     cfg = config_from_args(args)
     from torchref.train import fit
 
-    fit(cfg, args.device)
+    fit(cfg, args.device, read_weights)  # --pretrained/--init-from/--teacher: runs of either framework
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 
 # Tests run on the CPU with two cores; keep XLA from oversubscribing them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Script subprocesses skip the allocator settings of jaxvgg.hostmem: tests are compile-bound, and
+# Script subprocesses skip the allocator settings of jaxvgg.core.hostmem: tests are compile-bound, and
 # a slice of the suite ran 15% slower with them; test_hostmem and the bench test turn them on.
 os.environ.setdefault("JAXVGG_MALLOC", "0")
 
@@ -22,7 +22,7 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small built-in dataset at 64 px: 24 images per class."""
-    from jaxvgg.data.synthetic import make_dataset
+    from jaxvgg.core.synthetic import make_dataset
 
     return make_dataset(
         tmp_path_factory.mktemp("data") / "potato", seed=3, counts=(24, 24, 24), size=64, progress=False

@@ -14,11 +14,11 @@ import pytest
 from helpers import one_line_error, run_script
 from PIL import Image
 
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.synthetic import make_dataset
 from jaxvgg.data import make_split, scan_image_folder
 from jaxvgg.data import synthetic as synthetic_module
-from jaxvgg.data.synthetic import make_dataset
-from jaxvgg.errors import UserError
-from jaxvgg.predict import predictor
+from jaxvgg.tools.predict import predictor
 
 
 def bomb_png(path, width, height):
@@ -118,7 +118,7 @@ def tiny_run(tmp_path_factory):
     import jax
 
     import jaxvgg
-    from jaxvgg.config import TrainConfig
+    from jaxvgg.core.config import TrainConfig
     from jaxvgg.models import variable_shapes
     from jaxvgg.train import checkpoint
 

@@ -12,6 +12,8 @@ import pytest
 import jaxvgg
 from jaxvgg.compress import prune, quantize
 from jaxvgg.compress.distill import distillation_loss
+from jaxvgg.convert import flax_to_torch
+from jaxvgg.core.sparse import compact_bytes, dense_bytes, format_sparsity, from_compact_bytes, sparsity
 from jaxvgg.train.optim import make_optimizer
 from jaxvgg.train.state import create_train_state
 from jaxvgg.train.steps import compile_steps
@@ -35,7 +37,7 @@ def test_l1_pruning_zeroes_the_smallest_weights_at_the_asked_amount(scope):
     _, variables = student()
     masks = prune.l1_masks(variables["params"], 0.3, scope)
     pruned = prune.apply_masks(variables["params"], masks)
-    rows = prune.sparsity(pruned)
+    rows = sparsity(flax_to_torch("student_cnn", {"params": pruned}, image_size=32))
     total = sum(r.size for r in rows)
     if scope == "global":
         assert sum(r.zeros for r in rows) == round(0.3 * total)
@@ -53,7 +55,7 @@ def test_l1_pruning_zeroes_the_smallest_weights_at_the_asked_amount(scope):
             gone.append(np.abs(w[~m]).max())
     if scope == "global":
         assert max(gone) <= min(kept)
-    assert "total" in prune.format_sparsity(rows) and "30.0%" in prune.format_sparsity(rows)
+    assert "total" in format_sparsity(rows) and "30.0%" in format_sparsity(rows)
 
 
 def test_fine_tuning_keeps_pruned_weights_at_exactly_zero():
@@ -78,11 +80,13 @@ def test_fine_tuning_keeps_pruned_weights_at_exactly_zero():
 def test_compact_file_is_smaller_and_exact(tmp_path):
     _, variables = student()
     pruned = {"params": prune.apply_masks(variables["params"], prune.l1_masks(variables["params"], 0.3))}
-    data = prune.compact_bytes(pruned)
-    assert len(data) < 0.8 * prune.dense_bytes(pruned)
-    back = prune.from_compact_bytes(data)
-    for a, b in zip(jax.tree.leaves(pruned), jax.tree.leaves(back), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), b)
+    state_dict = flax_to_torch("student_cnn", pruned, image_size=32)
+    data = compact_bytes(state_dict)
+    assert len(data) < 0.8 * dense_bytes(state_dict)
+    back = from_compact_bytes(data)
+    assert list(back) == list(state_dict)
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(value, back[key])
 
 
 def test_weight_quantization_error_is_within_half_a_step_per_channel():
@@ -96,10 +100,11 @@ def test_weight_quantization_error_is_within_half_a_step_per_channel():
 
 
 def test_int8_model_stays_within_two_points_of_the_float_model(tiny_data, tmp_path):
-    from jaxvgg.config import TrainConfig
-    from jaxvgg.data.transforms import normalize
-    from jaxvgg.lighten import load_images
-    from jaxvgg.train.loop import fit, load_variables
+    from jaxvgg.core.config import TrainConfig
+    from jaxvgg.data.normalize import normalize
+    from jaxvgg.tools.lighten import load_images
+    from jaxvgg.train.checkpoint import load_variables
+    from jaxvgg.train.loop import fit
 
     run = tmp_path / "run"
     fit(

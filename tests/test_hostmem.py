@@ -11,7 +11,7 @@ import pytest
 # Allocate, touch and free 128 MiB twice; print the page faults of the second round.
 _PROBE = """
 import ctypes, resource, sys
-from jaxvgg.hostmem import keep_freed_memory
+from jaxvgg.core.hostmem import keep_freed_memory
 applied = keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

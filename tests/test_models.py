@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jaxvgg
+from jaxvgg.core.specs import MODELS
 from jaxvgg.models import variable_shapes
-from jaxvgg.models.specs import MODELS
 
 KNOWN_TOTALS = [
     ("vgg16_manual", 3, 134_272_835),
@@ -72,7 +72,7 @@ def test_sized_models_take_image_size():
         jaxvgg.create_model("vgg16_manual", 3, image_size=16).init(jax.random.key(0), jnp.ones((1, 16, 16, 3)))
 
 
-def test_jaxvgg_imports_and_runs_without_torch():
+def test_jaxvgg_imports_and_runs_without_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
         "import jax.numpy as jnp, jaxvgg, jaxvgg.convert, jaxvgg.summary\n"
@@ -80,7 +80,8 @@ def test_jaxvgg_imports_and_runs_without_torch():
         "v = jaxvgg.init_variables(m, 32)\n"
         "sd = jaxvgg.convert.flax_to_torch('student_cnn', v, image_size=32)\n"
         "print(m.apply(v, jnp.ones((1, 32, 32, 3))).shape, len(sd))\n"
-        "try:\n    jaxvgg.convert.load_pth('x.pth')\nexcept Exception as e:\n    print(e)\n"
+        "import jaxvgg.tools.weights, pathlib; pathlib.Path('x.pth').write_bytes(b'')\n"
+        "try:\n    jaxvgg.tools.weights.read_weights('x.pth')\nexcept Exception as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert "(1, 3)" in out and "needs PyTorch" in out

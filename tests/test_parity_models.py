@@ -10,9 +10,9 @@ torchvision = pytest.importorskip("torchvision")
 import jaxvgg  # noqa: E402
 import torchref  # noqa: E402
 from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
-from jaxvgg.errors import WeightMismatchError  # noqa: E402
+from jaxvgg.core.errors import WeightMismatchError  # noqa: E402
+from jaxvgg.core.specs import get_spec  # noqa: E402
 from jaxvgg.models import variable_shapes  # noqa: E402
-from jaxvgg.models.specs import get_spec  # noqa: E402
 from jaxvgg.ops.conv import adaptive_avg_pool2d  # noqa: E402
 from jaxvgg.summary import flax_summary  # noqa: E402
 from torchref.summary import torch_summary  # noqa: E402
@@ -152,3 +152,18 @@ def test_summary_script_prints_the_same_table_in_both_frameworks():
     # vgg16 with 3 classes plus 8,448 BatchNorm parameters
     assert "Total params: 134,281,283" in jax_out
     assert any(line.startswith("Forward multiply-adds") for line in jax_out)
+
+
+@pytest.mark.parametrize("name", jaxvgg.list_models())
+def test_module_names_from_the_table_are_what_both_frameworks_build(name):
+    """--freeze is checked against these names before any model is built, so they must be exact."""
+    from jaxvgg.convert import flax_path_to_torch
+    from jaxvgg.core.freeze import module_names
+
+    torch_model = torchref.create_model(name, 3, **options(name))
+    torch_names = [n for n, m in torch_model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    params = variable_shapes(jaxvgg.create_model(name, 3, **options(name)), size_of(name))["params"]
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    flax_names = list(dict.fromkeys(flax_path_to_torch(tuple(k.key for k in p[:-1])) for p, _ in paths))
+    assert module_names(name) == torch_names
+    assert sorted(module_names(name)) == sorted(flax_names)

@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 
 import jaxvgg  # noqa: E402
 import torchref  # noqa: E402
-from jaxvgg.config import TrainConfig  # noqa: E402
 from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
+from jaxvgg.core.config import TrainConfig  # noqa: E402
+from jaxvgg.core.metrics import balanced_class_weights  # noqa: E402
 from jaxvgg.data import Pipeline, load_rgb, scan_image_folder  # noqa: E402
-from jaxvgg.data.transforms import normalize  # noqa: E402
-from jaxvgg.metrics import balanced_class_weights  # noqa: E402
+from jaxvgg.data.normalize import normalize  # noqa: E402
 from jaxvgg.models.layers import BatchNorm2d  # noqa: E402
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule  # noqa: E402
 from jaxvgg.train.state import create_train_state  # noqa: E402

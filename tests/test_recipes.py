@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvgg.config import TrainConfig
-from jaxvgg.models.specs import MODELS
+from jaxvgg.core.config import TrainConfig
+from jaxvgg.core.specs import MODELS
 from jaxvgg.train import loop as jax_loop
 
 torch = pytest.importorskip("torch")

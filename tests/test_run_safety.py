@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from helpers import one_line_error, run_script
 
-from jaxvgg.atomic import atomic_write, write_json
-from jaxvgg.config import TrainConfig, config_from_args, load_run_config, resume_config
+from jaxvgg.core.atomic import atomic_write, write_json
+from jaxvgg.core.config import TrainConfig, config_from_args, load_run_config, resume_config
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.run import TrainingStopped
 from jaxvgg.data import make_split, save_split, scan_image_folder
-from jaxvgg.errors import UserError
-from jaxvgg.predict import predictor
-from jaxvgg.run import TrainingStopped
+from jaxvgg.tools.predict import predictor
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as jax_loop
 from jaxvgg.train import steps as steps_module
@@ -197,14 +197,15 @@ def test_a_non_empty_out_dir_is_refused_and_overwrite_replaces_only_run_files(ti
 
 
 def test_weights_from_a_run_folder_are_the_ones_its_config_names(tiny_data, tmp_path, capsys):
-    from jaxvgg.transfer import read_weights, weights_file
+    from jaxvgg.core.weights import weights_file
+    from jaxvgg.tools.weights import read_weights
 
     run = run_folder(tiny_data, tmp_path / "run", "torch")
     student_weights(run / "best.pth")
     (run / "best.msgpack").write_bytes(b"left over from another run")
     assert weights_file(run) == run / "best.pth"
     assert set(read_weights(run)) == set(torchref.create_model("student_cnn", 3, image_size=32).state_dict())
-    jax_loop.build_state(settings(tiny_data, tmp_path / "new", init_from=str(run)), 3, 5)
+    jax_loop.build_state(settings(tiny_data, tmp_path / "new", init_from=str(run)), 3, 5, read_weights=read_weights)
     assert f"from {run / 'best.pth'}" in capsys.readouterr().out
 
 
@@ -234,7 +235,7 @@ def test_resume_lists_every_setting_that_differs_and_notes_the_safe_ones(tiny_da
     # The default --model, given explicitly, is compared like any other flag.
     import argparse
 
-    from jaxvgg.config import add_arguments
+    from jaxvgg.core.config import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -374,8 +375,8 @@ def test_the_jax_coordinator_binds_to_the_address_given(monkeypatch):
 def test_review_cases_of_resume_overwrite_and_old_configs(tiny_data, tmp_path):
     import argparse
 
-    from jaxvgg.config import add_arguments
-    from jaxvgg.run import prepare_run
+    from jaxvgg.core.config import add_arguments
+    from jaxvgg.core.run import prepare_run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

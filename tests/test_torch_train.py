@@ -10,7 +10,7 @@ from helpers import one_line_error, run_script
 
 torch = pytest.importorskip("torch")
 
-from jaxvgg.config import TrainConfig  # noqa: E402
+from jaxvgg.core.config import TrainConfig  # noqa: E402
 from torchref.device import pick_device  # noqa: E402
 from torchref.train import fit  # noqa: E402
 

@@ -11,9 +11,9 @@ from flax import serialization
 from helpers import one_line_error, run_script
 from PIL import Image
 
-from jaxvgg.config import TrainConfig
-from jaxvgg.errors import UserError
-from jaxvgg.run import TrainingStopped
+from jaxvgg.core.config import TrainConfig
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.run import TrainingStopped
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as loop_module
 from jaxvgg.train import steps as steps_module

@@ -14,14 +14,16 @@ from helpers import one_line_error, run_script  # noqa: E402
 
 import jaxvgg  # noqa: E402
 import torchref  # noqa: E402
-from jaxvgg.config import TrainConfig  # noqa: E402
 from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
-from jaxvgg.errors import WeightMismatchError  # noqa: E402
+from jaxvgg.core.config import TrainConfig  # noqa: E402
+from jaxvgg.core.errors import WeightMismatchError  # noqa: E402
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply  # noqa: E402
 from jaxvgg.train.optim import make_optimizer  # noqa: E402
 from jaxvgg.train.state import create_train_state  # noqa: E402
 from jaxvgg.train.steps import compile_steps  # noqa: E402
-from jaxvgg.transfer import freeze_rule, head_module, starting_variables  # noqa: E402
+from jaxvgg.core.freeze import freeze_rule, head_module  # noqa: E402
+from jaxvgg.tools.weights import read_weights  # noqa: E402
+from jaxvgg.transfer import starting_variables  # noqa: E402
 from torchref.train import make_optimizer as torch_optimizer  # noqa: E402
 from torchref.transfer import freeze, load_starting_weights, train_mode  # noqa: E402
 
@@ -56,7 +58,7 @@ def test_head_module_is_the_classification_layer():
 def test_pretrained_pth_loads_everything_but_a_new_head_in_both_frameworks(imagenet_resnet50):
     path, source = imagenet_resnet50
     fresh = jaxvgg.init_variables(jaxvgg.create_model("resnet50", 3), 32)
-    variables, report = starting_variables("resnet50", fresh, path, replace_head=True)
+    variables, report = starting_variables("resnet50", fresh, path, replace_head=True, read_weights=read_weights)
     assert "classification layer fc replaced" in report and "(1000, 2048)" in report
     got, fresh_sd = flax_to_torch("resnet50", variables), flax_to_torch("resnet50", fresh)
     for key, value in source.items():
@@ -78,7 +80,7 @@ def test_pretrained_pth_loads_everything_but_a_new_head_in_both_frameworks(image
 
     # --init-from is strict: a head that does not fit is an error naming it, on both sides.
     with pytest.raises(WeightMismatchError, match=r"mis-shaped \(2\): fc\.bias"):
-        starting_variables("resnet50", fresh, path, replace_head=False)
+        starting_variables("resnet50", fresh, path, replace_head=False, read_weights=read_weights)
     with pytest.raises(WeightMismatchError, match=r"fc\.weight"):
         load_starting_weights(torchref.create_model("resnet50", 3), "resnet50", path, replace_head=False)
     # Weights of another architecture are refused with the entries that do not fit.

@@ -6,6 +6,7 @@ import copy
 import warnings
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +47,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def numpy_state_dict(model: nn.Module) -> dict[str, np.ndarray]:
+    """:func:`plain_state_dict` as numpy arrays: what the framework-neutral sparsity tools take."""
+    return {k: v.detach().cpu().numpy() for k, v in plain_state_dict(model).items()}
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -83,11 +89,3 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.M
             for x in batches:
                 prepared(x)
         return convert_fx(prepared)
-
-
-def sparsity(model: nn.Module) -> list:
-    """Zeros in every conv/linear weight (masks applied), as jaxvgg reports them."""
-    from jaxvgg.compress.prune import LayerSparsity
-
-    names = {m: n for n, m in model.named_modules()}
-    return [LayerSparsity(names[m], m.weight.numel(), int((m.weight == 0).sum())) for m, _ in prunable(model)]

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from jaxvgg.data.folder import load_rgb
-from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from jaxvgg.core.folder import load_rgb
+from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 
 def eval_transform(image_size: int) -> transforms.Compose:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from jaxvgg.errors import UserError
+from jaxvgg.core.errors import UserError
 
 
 def pick_device(requested: str | None = None) -> torch.device:

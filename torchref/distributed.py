@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jaxvgg.errors import UserError
+from jaxvgg.core.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

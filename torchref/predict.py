@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from jaxvgg.predict import Predictor
-from torchref.train import load_model
+from jaxvgg.core.images import Predictor
+from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from torchref.checkpoint import load_model
 
 
 def torch_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Predictor, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jaxvgg.summary import Row, Summary, layer_macs
+from jaxvgg.core.summary import Row, Summary, layer_macs
 
 
 def torch_summary(model: nn.Module, image_size: int) -> Summary:

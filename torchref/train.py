@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,12 +11,10 @@ from torch import nn
 from tqdm import tqdm
 
 import torchref
-from jaxvgg.compress.prune import format_sparsity
-from jaxvgg.config import TrainConfig
-from jaxvgg.errors import UserError
-from jaxvgg.meta import check_meta, check_resume_meta
-from jaxvgg.models.specs import get_spec
-from jaxvgg.run import (
+from jaxvgg.core.config import TrainConfig
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.run import (
     EpochEstimate,
     EpochSums,
     RunContext,
@@ -34,16 +31,16 @@ from jaxvgg.run import (
     teacher_model,
     write_sparse_best,
 )
-from jaxvgg.torchfile import load_torch_file, save_torch_file
-from jaxvgg.transfer import freeze_rule
-from torchref.compress import add_pruning_slots, distillation_loss, plain_state_dict, prune_model, sparsity
+from jaxvgg.core.sparse import format_sparsity, sparsity
+from jaxvgg.core.specs import get_spec
+from jaxvgg.core.weights import WeightReader
+from torchref.checkpoint import BEST, LAST, load_model, read_torch_weights, restore_last, save_best, save_last_state
+from torchref.compress import add_pruning_slots, distillation_loss, numpy_state_dict, prune_model
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
 from torchref.distributed import Distributed, init_distributed
 from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
-
-LAST, BEST = "last.pth", "best.pth"
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -77,46 +74,6 @@ def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
     }
 
 
-def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    path = Path(run_dir) / which
-    if not path.exists():
-        raise UserError(f"{path}: checkpoint does not exist")
-    ckpt = load_torch_file(path, map_location=device)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{path}: not a torchref checkpoint (expected a model state_dict and its meta)")
-    meta = check_meta(ckpt.get("meta"), path)
-    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
-    model = torchref.create_model(meta["model"], meta["num_classes"], **options)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{path}: checkpoint does not fit {meta['model']}: {str(e).splitlines()[0]}") from e
-    return model.to(device).eval(), meta
-
-
-def restore_last(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, name: str, device: torch.device
-) -> dict[str, Any]:
-    """Pour ``last.pth`` into the model, optimizer, scheduler and torch's RNG; returns its meta."""
-    ckpt = load_torch_file(path, map_location=device)
-    try:
-        meta = ckpt["meta"]
-        if meta["model"] != name:
-            raise UserError(f"{path}: checkpoint is for {meta['model']}, not {name}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"].cpu())
-        check_resume_meta(meta, path)
-        if not isinstance(meta.get("step"), int):
-            raise KeyError("step")
-    except UserError:
-        raise
-    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: not a resumable torchref checkpoint ({type(e).__name__}: {e})") from e
-    return meta
-
-
 def evaluate(
     model: nn.Module, loader, device, criterion, desc: str = "eval", precision: str = "fp32"
 ) -> dict[str, Any]:
@@ -146,16 +103,20 @@ def evaluate(
     }
 
 
-def fit(cfg: TrainConfig, device: str | None = None) -> dict[str, Any] | None:
+def fit(
+    cfg: TrainConfig, device: str | None = None, read_weights: WeightReader = read_torch_weights
+) -> dict[str, Any] | None:
+    """Train as configured; ``read_weights`` reads ``--pretrained``/``--init-from``/``--teacher``
+    (torch files by default; :func:`jaxvgg.tools.weights.read_weights` reads JAX runs too)."""
     ddp = init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     if cfg.batch_size % ddp.world:
         raise UserError(f"--batch-size {cfg.batch_size} does not split evenly over {ddp.world} processes")
     ctx = prepare_run(cfg, "torch", main=ddp.is_main, barrier=ddp.barrier)
     with removed_if_unfinished(ctx):
-        return _train(ctx, ddp, device)
+        return _train(ctx, ddp, device, read_weights)
 
 
-def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, Any] | None:
+def _train(ctx: RunContext, ddp: Distributed, device: str | None, read_weights: WeightReader) -> dict[str, Any] | None:
     cfg = ctx.cfg
     dev = pick_device(device)
     if ddp.active and dev.type == "cuda":  # one GPU per process
@@ -188,14 +149,14 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
     model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg))
     source = cfg.pretrained or cfg.init_from
     if source and not cfg.resume:
-        print(load_starting_weights(model, cfg.model, source, replace_head=bool(cfg.pretrained)))
+        print(load_starting_weights(model, cfg.model, source, bool(cfg.pretrained), read_weights))
     if cfg.prune_amount and cfg.resume:
         add_pruning_slots(model)  # the checkpoint holds weight_orig + weight_mask
     elif cfg.prune_amount:
         prune_model(model, cfg.prune_amount, cfg.prune_scope)
         print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
-        print(format_sparsity(sparsity(model)))
-    teacher = load_teacher(cfg, len(ctx.classes), dev) if cfg.teacher else None
+        print(format_sparsity(sparsity(numpy_state_dict(model))))
+    teacher = load_teacher(cfg, len(ctx.classes), dev, read_weights) if cfg.teacher else None
     model = prepare(model.to(dev), dev)
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
@@ -238,28 +199,10 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
     def save_last(epoch: int, batch: int, sums: EpochSums | None = None) -> None:
         """Rank 0 writes; every rank waits until it has."""
         if ddp.is_main:
-            _save_last(epoch, batch, sums)
+            progress = dict(epoch=epoch, batch=batch, best_acc=best_acc, bad_epochs=bad_epochs, step=step)
+            sums_dict = dataclasses.asdict(sums or EpochSums())
+            save_last_state(ctx.out_dir / LAST, model, optimizer, scheduler, _meta(ctx, **progress, sums=sums_dict))
         ddp.barrier()
-
-    def _save_last(epoch: int, batch: int, sums: EpochSums | None) -> None:
-        save_torch_file(
-            ctx.out_dir / LAST,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "meta": _meta(
-                    ctx,
-                    epoch=epoch,
-                    batch=batch,
-                    best_acc=best_acc,
-                    bad_epochs=bad_epochs,
-                    step=step,
-                    sums=dataclasses.asdict(sums or EpochSums()),
-                ),
-            },
-        )
 
     estimate = EpochEstimate(batches_per_epoch, cfg.epochs - start_epoch)
     first_step_s, t_start, stopped = None, time.perf_counter(), "finished"
@@ -322,10 +265,7 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
             if improved:
                 best_acc, bad_epochs = ev["acc"], 0
                 if ddp.is_main:
-                    save_torch_file(
-                        ctx.out_dir / BEST,
-                        {"model": plain_state_dict(model), "meta": _meta(ctx, epoch=epoch + 1, val_acc=best_acc)},
-                    )
+                    save_best(ctx.out_dir / BEST, model, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
             else:
                 bad_epochs += 1
             # Every process evaluated the whole validation set; training statistics are summed over them.
@@ -356,16 +296,15 @@ def _train(ctx: RunContext, ddp: Distributed, device: str | None) -> dict[str, A
         parameters=(n_params, n_frozen),
     )
     if cfg.prune_amount and ddp.is_main:
-        weights = {k: v.cpu().numpy() for k, v in best.state_dict().items()}
-        write_sparse_best(ctx.out_dir, BEST, weights, sparsity(best))
+        write_sparse_best(ctx.out_dir, BEST, numpy_state_dict(best))
     return report
 
 
-def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device, read_weights: WeightReader) -> nn.Module:
     """The teacher run's best model (JAX or PyTorch run folder), frozen, in eval mode."""
     name, options = teacher_model(cfg)
     teacher = torchref.create_model(name, num_classes, **options)
-    load_starting_weights(teacher, name, cfg.teacher, replace_head=False)
+    load_starting_weights(teacher, name, cfg.teacher, False, read_weights)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(device).eval()

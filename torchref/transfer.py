@@ -8,11 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from jaxvgg.errors import WeightMismatchError
-from jaxvgg.transfer import IsFrozen, describe_load, fit_weights, read_weights
+from jaxvgg.core.errors import WeightMismatchError
+from jaxvgg.core.freeze import IsFrozen
+from jaxvgg.core.weights import WeightReader, describe_load, fit_weights
+from torchref.checkpoint import read_torch_weights
 
 
-def load_starting_weights(model: nn.Module, name: str, source: str | Path, replace_head: bool) -> str:
+def load_starting_weights(
+    model: nn.Module, name: str, source: str | Path, replace_head: bool, read_weights: WeightReader = read_torch_weights
+) -> str:
     """Load every entry ``source`` provides into ``model``; returns the report line(s)."""
     sd = read_weights(source)
     current = model.state_dict()

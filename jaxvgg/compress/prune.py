@@ -7,18 +7,14 @@ together. Biases and BatchNorm parameters are not pruned (as in the tutorial).
 
 from __future__ import annotations
 
-import dataclasses
-import io
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
 
-from jaxvgg.convert import flax_path_to_torch
-from jaxvgg.errors import UserError
+from jaxvgg.core.errors import UserError
 
 SCOPES = ("layer", "global")
 
@@ -78,73 +74,6 @@ def keep_zeros() -> optax.GradientTransformation:
         return jax.tree.map(lambda u, p: jnp.where(p == 0, jnp.zeros_like(u), u), updates, params), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSparsity:
-    name: str  # torch module name, e.g. "features.0"
-    size: int
-    zeros: int
-
-    @property
-    def sparsity(self) -> float:
-        return self.zeros / self.size
-
-
-def sparsity(params: Any) -> list[LayerSparsity]:
-    """Zeros in every conv/linear kernel."""
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if _is_weight(path):
-            w = np.asarray(leaf)
-            out.append(LayerSparsity(flax_path_to_torch(tuple(k.key for k in path[:-1])), w.size, int((w == 0).sum())))
-    return out
-
-
-def format_sparsity(rows: list[LayerSparsity]) -> str:
-    lines = [f"{'layer':<16}{'weights':>14}{'zeros':>14}{'sparsity':>10}"]
-    lines += [f"{r.name:<16}{r.size:>14,}{r.zeros:>14,}{r.sparsity:>10.1%}" for r in rows]
-    size, zeros = sum(r.size for r in rows), sum(r.zeros for r in rows)
-    lines.append(f"{'total':<16}{size:>14,}{zeros:>14,}{zeros / max(size, 1):>10.1%}")
-    return "\n".join(lines)
-
-
-def compact_bytes(variables: Any) -> bytes:
-    """A sparse encoding of ``variables``: each kernel as a packed bit-mask plus its non-zero values.
-
-    At 30% sparsity the file is ~73% of the dense one (1 bit per weight + 32 per kept weight).
-    """
-
-    def encode(leaf):
-        a = np.asarray(leaf)
-        if a.ndim < 2:
-            return a
-        nz = a != 0
-        return {"shape": np.array(a.shape), "mask": np.packbits(nz.ravel()), "values": a[nz]}
-
-    return serialization.msgpack_serialize(jax.tree.map(encode, variables))
-
-
-def from_compact_bytes(data: bytes) -> Any:
-    """Inverse of :func:`compact_bytes`."""
-
-    def decode(node):
-        if isinstance(node, dict) and set(node) == {"shape", "mask", "values"}:
-            shape = tuple(int(s) for s in node["shape"])
-            nz = np.unpackbits(node["mask"], count=int(np.prod(shape))).astype(bool)
-            out = np.zeros(nz.size, node["values"].dtype)
-            out[nz] = node["values"]
-            return out.reshape(shape)
-        if isinstance(node, dict):
-            return {k: decode(v) for k, v in node.items()}
-        return node
-
-    return decode(serialization.msgpack_restore(data))
-
-
-def dense_bytes(variables: Any) -> int:
-    buf = io.BytesIO(serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
-    return len(buf.getvalue())
 
 
 def _none_leaf(x: Any) -> bool:

@@ -1,9 +1,10 @@
 """Data: the built-in dataset, ImageFolder reading, splits, transforms and the batch loader."""
 
-from jaxvgg.data.folder import ImageFolderIndex, load_rgb, scan_image_folder
+from jaxvgg.core.folder import ImageFolderIndex, load_rgb, scan_image_folder
+from jaxvgg.core.split import Split, load_split, make_split, save_split
+from jaxvgg.core.transforms import Pipeline
 from jaxvgg.data.loader import Batch, Loader
-from jaxvgg.data.split import Split, load_split, make_split, save_split
-from jaxvgg.data.transforms import Pipeline, normalize
+from jaxvgg.data.normalize import normalize
 
 __all__ = [
     "Batch",

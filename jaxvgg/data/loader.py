@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvgg.data.folder import load_rgb
-from jaxvgg.data.transforms import Pipeline
+from jaxvgg.core.folder import load_rgb
+from jaxvgg.core.transforms import Pipeline
 
 
 @dataclasses.dataclass

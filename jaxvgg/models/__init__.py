@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvgg.core.specs import MODELS, get_spec
 from jaxvgg.models.resnet import ResNet
-from jaxvgg.models.specs import MODELS, get_spec
 from jaxvgg.models.vgg import VGG
 
 Variables = dict[str, Any]

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvgg.core.specs import RESNET_BLOCKS
 from jaxvgg.models.layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -55,7 +56,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    layers: tuple[int, int, int, int] = RESNET_BLOCKS
     num_classes: int = 1000
     dtype: jnp.dtype | None = None
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvgg.core.specs import CFGS, DROPOUT_RATE, HEADS, ModelSpec, classifier_widths
 from jaxvgg.models.layers import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -19,7 +20,6 @@ from jaxvgg.models.layers import (
     flatten,
     run,
 )
-from jaxvgg.models.specs import CFGS, DROPOUT_RATE, HEADS, ModelSpec, classifier_widths
 
 
 def make_layers(cfg: str, batch_norm: bool, separable: bool, init: str, dtype=None) -> list[nn.Module]:

@@ -136,7 +136,7 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
     own convolution at every VGG/ResNet shape measured (2x2 to 112x112 maps, and the 224 px
     stem), by 1.3-50x (XLA's weight gradients are the slow part; a 3x3 512->512 conv on 2x2 maps
     took 1.1 s against 22 ms), once
-    the patch buffers no longer page-fault on every step (see jaxvgg.hostmem). A custom VJP that
+    the patch buffers no longer page-fault on every step (see jaxvgg.core.hostmem). A custom VJP that
     takes the input gradient from XLA's convolution was no faster and was dropped. Both compute
     the same float32 sums in a different order (1e-6 of a float64 reference).
     """

@@ -1,6 +1,6 @@
 """Checkpoints: one msgpack file holding the state pytree and a JSON header, written atomically.
 
-The file is written through :func:`jaxvgg.atomic.atomic_write` (a temporary file renamed over
+The file is written through :func:`jaxvgg.core.atomic.atomic_write` (a temporary file renamed over
 the target), so a crash, Ctrl-C or full disk while saving leaves the previous good checkpoint
 in place. Orbax would add async and
 multi-host sharded saving; for one replicated state per process a single atomic file is
@@ -18,12 +18,18 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jaxvgg.atomic import write_bytes
-from jaxvgg.errors import UserError, WeightMismatchError
+from jaxvgg.convert import flax_to_torch
+from jaxvgg.core.atomic import write_bytes
+from jaxvgg.core.errors import UserError, WeightMismatchError
+from jaxvgg.core.meta import check_meta
+from jaxvgg.core.specs import get_spec
+from jaxvgg.core.weights import weights_file
+from jaxvgg.models import create_model, variable_shapes
 
 # 2: the first FC layer after a flatten reads torch's CHW order (1 had HWC rows, which load
 # without a shape error but compute something else, so they are refused by name).
 FORMAT = "jaxvgg-checkpoint-2"
+LAST, BEST = "last.msgpack", "best.msgpack"
 
 
 def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) -> None:
@@ -80,3 +86,35 @@ def _shape_mismatches(expected: Any, got: Any, prefix: str = "") -> list[str]:
     if np.shape(expected) != np.shape(got):
         return [f"{prefix}: shape {np.shape(got)}, model wants {np.shape(expected)}"]
     return []
+
+
+def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(Flax model, variables, meta) of a JAX run folder's best (or last) checkpoint."""
+    path = Path(run_dir) / which
+    meta, raw = read(path)
+    check_meta(meta, path)
+    if meta.get("framework", "jax") != "jax":
+        raise UserError(f"{path}: not a JAX checkpoint")
+    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    model = create_model(meta["model"], meta["num_classes"], **options)
+    template = dict(variable_shapes(model, meta["image_size"]))
+    template.setdefault("batch_stats", {})
+    tree = restore(
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
+        {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})},
+        path,
+        meta["model"],
+    )
+    variables = {k: v for k, v in tree.items() if v}
+    return model, variables, meta
+
+
+def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:
+    """A torch-named state_dict of a JAX run folder or ``.msgpack`` checkpoint (the JAX layer's
+    :data:`~jaxvgg.core.weights.WeightReader`; ``.pth`` files need :func:`jaxvgg.tools.weights.read_weights`)."""
+    path = weights_file(source)
+    if path.suffix != ".msgpack":
+        raise UserError(f"{path}: not a JAX checkpoint; reading {path.suffix} files needs jaxvgg.tools.weights")
+    _, variables, meta = load_variables(path.parent, path.name)
+    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    return flax_to_torch(meta["model"], variables, **options)

@@ -18,8 +18,9 @@ import flax.linen as nn
 import optax
 
 from jaxvgg.convert import flax_path_to_torch
+from jaxvgg.core.freeze import IsFrozen
 from jaxvgg.models.layers import BatchNorm2d
-from jaxvgg.transfer import IsFrozen, param_labels
+from jaxvgg.transfer import param_labels
 
 
 def freeze_optimizer(tx: optax.GradientTransformation, params: Any, is_frozen: IsFrozen | None):

@@ -18,14 +18,12 @@ from tqdm import tqdm
 import jaxvgg
 from jaxvgg.compress import prune
 from jaxvgg.compress.distill import Distillation
-from jaxvgg.config import TrainConfig
-from jaxvgg.convert import torch_to_flax
-from jaxvgg.data import Loader, Pipeline
-from jaxvgg.errors import UserError
-from jaxvgg.meta import check_meta, check_resume_meta
-from jaxvgg.models.specs import get_spec
-from jaxvgg.parallel import DataParallel, local_copy
-from jaxvgg.run import (
+from jaxvgg.convert import flax_to_torch, torch_to_flax
+from jaxvgg.core.config import TrainConfig
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.meta import check_resume_meta
+from jaxvgg.core.run import (
     EpochEstimate,
     EpochSums,
     RunContext,
@@ -42,13 +40,17 @@ from jaxvgg.run import (
     teacher_model,
     write_sparse_best,
 )
+from jaxvgg.core.sparse import format_sparsity, sparsity
+from jaxvgg.core.specs import get_spec
+from jaxvgg.core.weights import WeightReader
+from jaxvgg.data import Loader, Pipeline
+from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
+from jaxvgg.train.checkpoint import BEST, LAST, load_variables, read_jax_weights
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
-from jaxvgg.transfer import freeze_rule, param_labels, read_weights, starting_variables
-
-LAST, BEST = "last.msgpack", "best.msgpack"
+from jaxvgg.transfer import param_labels, starting_variables
 
 
 class _StepLimit(Exception):
@@ -63,7 +65,13 @@ def model_options(cfg: TrainConfig) -> dict[str, Any]:
     return options
 
 
-def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_weights: bool = True) -> TrainState:
+def build_state(
+    cfg: TrainConfig,
+    num_classes: int,
+    steps_per_epoch: int,
+    load_weights: bool = True,
+    read_weights: WeightReader = read_jax_weights,
+) -> TrainState:
     """A fresh state; with ``load_weights``, starting from ``--pretrained``/``--init-from`` weights
     (pruned by ``--prune-amount``). A resumed run passes ``load_weights=False`` and restores over it."""
     model = jaxvgg.create_model(cfg.model, num_classes, **model_options(cfg))
@@ -71,14 +79,14 @@ def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_w
     source = cfg.pretrained or cfg.init_from
     if source and load_weights:
         variables, report = starting_variables(
-            cfg.model, variables, source, replace_head=bool(cfg.pretrained), **model_options(cfg)
+            cfg.model, variables, source, bool(cfg.pretrained), read_weights, **model_options(cfg)
         )
         print(report)
     if cfg.prune_amount and load_weights:
         masks = prune.l1_masks(variables["params"], cfg.prune_amount, cfg.prune_scope)
         variables = {**variables, "params": prune.apply_masks(variables["params"], masks)}
         print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
-        print(prune.format_sparsity(prune.sparsity(variables["params"])))
+        print(format_sparsity(sparsity(flax_to_torch(cfg.model, variables))))
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
     tx = freeze_optimizer(
@@ -89,7 +97,7 @@ def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_w
     apply_fn = frozen_batchnorm_apply(model.apply, is_frozen)
     state = create_train_state(model, variables, tx, cfg.seed, apply_fn)
     if cfg.teacher:
-        teacher_model, teacher_variables = load_teacher(cfg, num_classes)
+        teacher_model, teacher_variables = load_teacher(cfg, num_classes, read_weights)
         state = state.replace(
             teacher=teacher_variables,
             teacher_apply=teacher_model.apply,
@@ -98,7 +106,7 @@ def build_state(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, load_w
     return state
 
 
-def load_teacher(cfg: TrainConfig, num_classes: int) -> tuple[Any, dict[str, Any]]:
+def load_teacher(cfg: TrainConfig, num_classes: int, read_weights: WeightReader) -> tuple[Any, dict[str, Any]]:
     """The teacher run's model and best weights (a JAX or a PyTorch run folder)."""
     name, options = teacher_model(cfg)
     variables = torch_to_flax(name, read_weights(cfg.teacher), num_classes, **options)
@@ -151,29 +159,6 @@ def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, d
     return state.replace(**tree), meta
 
 
-def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(Flax model, variables, meta) of a JAX run folder's best (or last) checkpoint."""
-    path = Path(run_dir) / which
-    meta, raw = checkpoint.read(path)
-    check_meta(meta, path)
-    if meta.get("framework", "jax") != "jax":
-        raise UserError(f"{path}: not a JAX checkpoint")
-    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
-    model = jaxvgg.create_model(meta["model"], meta["num_classes"], **options)
-    from jaxvgg.models import variable_shapes
-
-    template = dict(variable_shapes(model, meta["image_size"]))
-    template.setdefault("batch_stats", {})
-    tree = checkpoint.restore(
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
-        {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})},
-        path,
-        meta["model"],
-    )
-    variables = {k: v for k, v in tree.items() if v}
-    return model, variables, meta
-
-
 def evaluate(
     state: TrainState, loader: Loader, eval_step, desc: str = "eval", put: Callable = lambda batch: batch
 ) -> dict[str, Any]:
@@ -200,16 +185,20 @@ def evaluate(
     }
 
 
-def fit(cfg: TrainConfig) -> dict[str, Any] | None:
-    """Train as configured; returns the test-split report of the best model (None if stopped mid-epoch)."""
+def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict[str, Any] | None:
+    """Train as configured; returns the test-split report of the best model (None if stopped mid-epoch).
+
+    ``read_weights`` reads ``--pretrained``/``--init-from``/``--teacher`` (JAX runs by default;
+    :func:`jaxvgg.tools.weights.read_weights` reads ``.pth`` files too).
+    """
     par = DataParallel.create(cfg.devices)
     par.check_batch_size(cfg.batch_size)
     ctx = prepare_run(cfg, "jax", main=par.is_main, barrier=par.barrier)
     with removed_if_unfinished(ctx):
-        return _train(ctx, par)
+        return _train(ctx, par, read_weights)
 
 
-def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
+def _train(ctx: RunContext, par: DataParallel, read_weights: WeightReader) -> dict[str, Any] | None:
     cfg = ctx.cfg
     root = ctx.data.root
     shard = (jax.process_index(), jax.process_count())
@@ -232,7 +221,7 @@ def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
         workers=cfg.workers,
         shard=shard,
     )
-    state = build_state(cfg, len(ctx.classes), len(train), load_weights=not cfg.resume)
+    state = build_state(cfg, len(ctx.classes), len(train), not cfg.resume, read_weights)
     start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
     if cfg.resume:
         state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
@@ -331,7 +320,7 @@ def _train(ctx: RunContext, par: DataParallel) -> dict[str, Any] | None:
     report = test_best(ctx, state, eval_step, stopped, first_step_s, par)
     if cfg.prune_amount and ctx.main:
         _, variables, _ = load_variables(ctx.out_dir)
-        write_sparse_best(ctx.out_dir, BEST, variables, prune.sparsity(variables["params"]))
+        write_sparse_best(ctx.out_dir, BEST, flax_to_torch(cfg.model, variables))
     return report
 
 

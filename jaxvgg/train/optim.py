@@ -12,10 +12,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
-from jaxvgg.errors import UserError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
+from jaxvgg.core.config import OPTIMIZERS, SCHEDULES
+from jaxvgg.core.errors import UserError
 
 
 def epoch_lr(

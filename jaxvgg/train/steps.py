@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxvgg.compress.distill import distillation_loss
-from jaxvgg.data.transforms import normalize
+from jaxvgg.data.normalize import normalize
 from jaxvgg.models.layers import at_least_float32
 from jaxvgg.train.state import TrainState
 

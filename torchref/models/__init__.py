@@ -7,7 +7,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from jaxvgg.models.specs import MODELS, get_spec
+from jaxvgg.core.specs import MODELS, get_spec
 from torchref.models.vgg import VGG
 
 

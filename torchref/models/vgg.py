@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jaxvgg.models.specs import CFGS, DROPOUT_RATE, HEADS, ModelSpec, classifier_widths
+from jaxvgg.core.specs import CFGS, DROPOUT_RATE, HEADS, ModelSpec, classifier_widths
 
 
 class DSConv(nn.Module):

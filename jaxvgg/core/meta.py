@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from jaxvgg.errors import UserError
-from jaxvgg.models.specs import MODELS
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.specs import MODELS
 
 MAX_CLASSES = 100_000
 MAX_IMAGE_SIZE = 4096

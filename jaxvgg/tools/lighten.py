@@ -20,9 +20,9 @@ import jax
 import numpy as np
 from flax import serialization
 
+from jaxvgg.core.metrics import classification_report
 from jaxvgg.data import Loader, Pipeline, load_split, scan_image_folder
-from jaxvgg.data.transforms import normalize
-from jaxvgg.metrics import classification_report
+from jaxvgg.data.normalize import normalize
 
 
 @dataclasses.dataclass
@@ -50,8 +50,8 @@ class Row:
 def load_images(run_dir: str | Path, subset: str, image_size: int, limit: int | None = None):
     """(uint8 NHWC images, int labels) of one subset of a run's split, preprocessed as for evaluation."""
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    from jaxvgg.config import TrainConfig
-    from jaxvgg.run import data_root
+    from jaxvgg.core.config import TrainConfig
+    from jaxvgg.core.run import data_root
 
     root = data_root(TrainConfig.from_json(cfg))
     split = load_split(Path(run_dir) / "split.json", scan_image_folder(root))
@@ -86,8 +86,8 @@ def predict_all(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batc
 def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5) -> Row:
     """Measure one variant in JAX."""
     from jaxvgg.compress import quantize
-    from jaxvgg.run import SPARSE_BEST
-    from jaxvgg.train.loop import BEST, load_variables
+    from jaxvgg.core.sparse import SPARSE_BEST
+    from jaxvgg.train.checkpoint import BEST, load_variables
 
     model, variables, _ = load_variables(variant.run)
     apply, weights = model.apply, variables
@@ -159,7 +159,7 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxvgg.plots import save_figure
+    from jaxvgg.core.plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     markers = {"JAX": "o", "PyTorch": "s"}

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxvgg.atomic import atomic_write
+from jaxvgg.core.atomic import atomic_write
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvgg.atomic import write_text
-from jaxvgg.data.folder import ImageFolderIndex
-from jaxvgg.errors import UserError
+from jaxvgg.core.atomic import write_text
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.folder import ImageFolderIndex
 
 SUBSETS = ("train", "val", "test")
 

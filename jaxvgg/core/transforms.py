@@ -1,7 +1,7 @@
 """torchvision's image transforms with the same semantics, on PIL images, without torch.
 
 Pipelines stop at uint8 HWC arrays: normalisation happens on the device inside the compiled
-step (:func:`normalize`), which moves 4x fewer bytes to the accelerator than float32 images.
+step (:func:`jaxvgg.data.normalize.normalize`), which moves 4x fewer bytes to the accelerator than float32 images.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -98,10 +96,3 @@ class Pipeline:
         else:
             img = center_crop(resize(img, resize_size(self.image_size)), self.image_size)
         return np.asarray(img, dtype=np.uint8)
-
-
-def normalize(images: jax.Array) -> jax.Array:
-    """uint8 NHWC -> float32, ``ToTensor`` + ``Normalize(ImageNet mean, std)``."""
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    return (images.astype(jnp.float32) / 255.0 - mean) / std

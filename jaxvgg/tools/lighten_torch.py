@@ -1,4 +1,4 @@
-"""The torch half of the lighten table (see :mod:`jaxvgg.lighten`)."""
+"""The torch half of the lighten table (see :mod:`jaxvgg.tools.lighten`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jaxvgg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from jaxvgg.lighten import Row, Variant, measure
-from jaxvgg.run import SPARSE_BEST
+from jaxvgg.core.sparse import SPARSE_BEST
+from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from jaxvgg.tools.lighten import Row, Variant, measure
+from torchref.checkpoint import BEST, load_model
 from torchref.compress import quantize_int8
-from torchref.train import BEST, load_model
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.errors import UserError
-from jaxvgg.models.specs import MODELS
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.freeze import check_freeze
+from jaxvgg.core.specs import MODELS, get_spec
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclasses.dataclass
@@ -288,8 +292,6 @@ def already_resumed(cfg: TrainConfig, saved: TrainConfig) -> bool:
 def validate_values(cfg: TrainConfig) -> None:
     """Names and ranges of every setting, without touching the file system: the check for a
     command line and for a run folder's ``config.json`` alike."""
-    from jaxvgg.train.optim import OPTIMIZERS, SCHEDULES
-
     if cfg.model not in MODELS:
         raise UserError(f"--model {cfg.model!r}: choose one of {', '.join(sorted(MODELS))}")
     if cfg.optimizer not in OPTIMIZERS:
@@ -329,13 +331,9 @@ def validate(cfg: TrainConfig) -> None:
     """:func:`validate_values`, then what a new run needs from the file system and the model."""
     validate_values(cfg)
     if cfg.freeze != "none":
-        from jaxvgg.transfer import check_freeze
-
-        check_freeze(cfg.model, cfg.freeze, cfg.image_size)
+        check_freeze(cfg.model, cfg.freeze)
     if cfg.teacher:
         teacher = load_run_config(cfg.teacher)  # a clear error if it is not a run folder
-        from jaxvgg.models.specs import get_spec
-
         if get_spec(teacher.model).sized and teacher.image_size != cfg.image_size:
             raise UserError(
                 f"--teacher {cfg.teacher}: {teacher.model} only takes {teacher.image_size} px images, "

@@ -7,10 +7,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.atomic import write_text
-from jaxvgg.config import load_run_config
-from jaxvgg.errors import UserError
-from jaxvgg.plots import plot_compare
+from jaxvgg.core.atomic import write_text
+from jaxvgg.core.config import load_run_config
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.plots import plot_compare
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

@@ -41,6 +41,9 @@ HEADS: dict[str, Head] = {
 
 DROPOUT_RATE = 0.5
 
+# ResNet-50's bottleneck blocks per stage (torchvision's resnet50).
+RESNET_BLOCKS: tuple[int, int, int, int] = (3, 4, 6, 3)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:

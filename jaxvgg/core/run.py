@@ -15,12 +15,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.atomic import write_bytes, write_json
-from jaxvgg.config import (
+import numpy as np
+
+from jaxvgg.core.atomic import write_bytes, write_json
+from jaxvgg.core.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
     already_resumed,
@@ -29,15 +31,17 @@ from jaxvgg.config import (
     resume_config,
     run_framework,
 )
-from jaxvgg.data.folder import ImageFolderIndex, scan_image_folder
-from jaxvgg.data.split import Split, load_split, make_split, save_split
-from jaxvgg.errors import UserError
-from jaxvgg.metrics import balanced_class_weights, classification_report
-from jaxvgg.plots import plot_confusion, plot_curves
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.folder import ImageFolderIndex, scan_image_folder
+from jaxvgg.core.metrics import balanced_class_weights, classification_report
+from jaxvgg.core.plots import plot_confusion, plot_curves
+from jaxvgg.core.sparse import SPARSE_BEST, compact_bytes, format_sparsity, sparsity
+from jaxvgg.core.specs import get_spec
+from jaxvgg.core.split import Split, load_split, make_split, save_split
+from jaxvgg.core.synthetic import ensure_dataset
 
 # The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
 CHECKPOINTS = {"jax": ("best.msgpack", "last.msgpack"), "torch": ("best.pth", "last.pth")}
-SPARSE_BEST = "best.sparse.msgpack"  # a pruned run's best weights in the compact form
 RUN_FILES = (
     "config.json",
     "split.json",
@@ -106,8 +110,6 @@ def class_weights(ctx: RunContext) -> list[float] | None:
 def data_root(cfg: TrainConfig) -> Path:
     if cfg.data_dir:
         return Path(cfg.data_dir)
-    from jaxvgg.data.synthetic import ensure_dataset
-
     return ensure_dataset(cfg.dataset_seed, cfg.dataset_counts)
 
 
@@ -432,14 +434,11 @@ def finish_run(
     return report
 
 
-def write_sparse_best(run_dir: Path, best_name: str, weights: Any, rows: list) -> Path:
-    """Write a pruned run's best ``weights`` (any tree of arrays) compactly and report the sparsity
-    ``rows`` (:class:`jaxvgg.compress.prune.LayerSparsity`) and both file sizes."""
-    from jaxvgg.compress.prune import compact_bytes, format_sparsity
-
+def write_sparse_best(run_dir: Path, best_name: str, state_dict: Mapping[str, np.ndarray]) -> Path:
+    """Write a pruned run's best weights (torch-named arrays) compactly; report the sparsity and both file sizes."""
     path = run_dir / SPARSE_BEST
-    write_bytes(path, compact_bytes(weights))
-    print(format_sparsity(rows))
+    write_bytes(path, compact_bytes(state_dict))
+    print(format_sparsity(sparsity(state_dict)))
     dense = (run_dir / best_name).stat().st_size / 1e6
     print(f"{best_name}: {dense:.2f} MB; {SPARSE_BEST}: {path.stat().st_size / 1e6:.2f} MB (same weights)")
     return path
@@ -447,8 +446,6 @@ def write_sparse_best(run_dir: Path, best_name: str, weights: Any, rows: list) -
 
 def teacher_model(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     """The ``--teacher`` run's model name and model options, announced."""
-    from jaxvgg.models.specs import get_spec
-
     teacher = load_run_config(cfg.teacher)
     print(f"teacher: {teacher.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
     return teacher.model, ({"image_size": teacher.image_size} if get_spec(teacher.model).sized else {})

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from jaxvgg.errors import UserError
+from jaxvgg.core.cache import cache_dir
+from jaxvgg.core.errors import UserError
 
 CLASSES = ("Early_blight", "Late_blight", "healthy")
 DEFAULT_COUNTS = (1000, 1000, 152)  # PlantVillage's potato subset
@@ -267,16 +268,12 @@ def _swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("JAXVGG_CACHE", Path.home() / ".cache" / "jaxvgg"))
-
-
 def ensure_dataset(
     seed: int = 0, counts: Sequence[int] = DEFAULT_COUNTS, size: int = IMAGE_SIZE, root: str | os.PathLike | None = None
 ) -> Path:
     """The cached built-in dataset for these settings, drawn on first use."""
     name = f"potato-synthetic-v{VERSION}-s{seed}-" + "-".join(map(str, counts)) + f"-{size}px"
-    path = Path(root) if root is not None else default_cache_dir() / name
+    path = Path(root) if root is not None else cache_dir() / name
     try:
         found = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):

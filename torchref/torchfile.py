@@ -3,8 +3,7 @@
 ``torch.load`` with ``weights_only=False`` unpickles arbitrary objects, so a shared run folder
 could run code on the machine that opens it. Every ``.pth`` is read here with
 ``weights_only=True``: tensors, numbers, strings, lists and dicts only (our checkpoints hold
-nothing else; torch's RNG state is a uint8 tensor). torch is imported on first use, so the
-JAX side only needs it when it meets a ``.pth`` file.
+nothing else; torch's RNG state is a uint8 tensor).
 """
 
 from __future__ import annotations
@@ -14,23 +13,15 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from jaxvgg.atomic import atomic_write
-from jaxvgg.errors import UserError
+import torch
 
-
-def require_torch(path: str | os.PathLike) -> Any:
-    """The torch module, or a one-line error saying that ``path`` needs it."""
-    try:
-        import torch
-    except ImportError as e:
-        raise UserError(f"{path}: reading or writing .pth files needs PyTorch (pip install -e '.[torch]')") from e
-    return torch
+from jaxvgg.core.atomic import atomic_write
+from jaxvgg.core.errors import UserError
 
 
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """The contents of a ``.pth`` file, refusing anything that is not plain weights."""
     path = Path(path)
-    torch = require_torch(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
@@ -47,7 +38,6 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
 
 
 def save_torch_file(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` through :func:`jaxvgg.atomic.atomic_write`."""
+    """``torch.save`` through :func:`jaxvgg.core.atomic.atomic_write`."""
     path = Path(path)
-    torch = require_torch(path)
     return atomic_write(path, lambda f: torch.save(obj, f))

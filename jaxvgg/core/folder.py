@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from jaxvgg.errors import UserError
+from jaxvgg.core.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold: larger images are refused

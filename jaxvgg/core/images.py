@@ -1,0 +1,60 @@
+"""Images given on the command line: which files, read as uint8 batches, and the predictions table."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.folder import IMG_EXTENSIONS, UNREADABLE, link_problem, load_rgb, unreadable_reason
+from jaxvgg.core.transforms import Pipeline
+
+
+def image_paths(target: str | os.PathLike) -> list[Path]:
+    """The image files of ``target`` (a file, or a folder searched recursively), sorted."""
+    target = Path(target)
+    if target.is_dir():
+        # Broken links stay in (they are reported as skipped); folders named like images do not.
+        paths = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and not p.is_dir())
+        if not paths:
+            raise UserError(f"{target}: no images in this folder (extensions: {', '.join(IMG_EXTENSIONS)})")
+        return paths
+    if not target.exists():
+        raise UserError(f"{target}: {link_problem(target) or 'no such file or folder'}")
+    return [target]
+
+
+def load_batch(paths: Sequence[Path], image_size: int) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+    """uint8 NHWC images of the readable paths, and the unreadable ones with a reason.
+
+    Images above :data:`jaxvgg.core.folder.MAX_PIXELS` (decompression bombs) count as unreadable.
+    """
+    pipeline = Pipeline(image_size)
+    images, ok, bad = [], [], []
+    for p in paths:
+        try:
+            images.append(pipeline(load_rgb(p)))
+            ok.append(p)
+        except UNREADABLE as e:  # a damaged or hostile file costs that file, not the whole run
+            bad.append((p, unreadable_reason(p, e)))
+    return (np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)), ok, bad
+
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC images -> class probabilities
+
+
+def format_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str]) -> str:
+    if len(paths) == 1:
+        lines = [f"{paths[0]}: {classes[int(probs[0].argmax())]}"]
+        lines += [f"  {c:<16}{p:7.2%}" for c, p in zip(classes, probs[0], strict=True)]
+        return "\n".join(lines)
+    width = max(len(str(p)) for p in paths)
+    head = f"{'image':<{width}}  {'prediction':<14}" + "".join(f"{c[:12]:>13}" for c in classes)
+    rows = [
+        f"{p!s:<{width}}  {classes[int(q.argmax())]:<14}" + "".join(f"{x:13.2%}" for x in q)
+        for p, q in zip(paths, probs, strict=True)
+    ]
+    return "\n".join([head, "-" * len(head), *rows])

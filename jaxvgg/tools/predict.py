@@ -1,0 +1,27 @@
+"""A predictor for any run folder: JAX runs through jaxvgg, PyTorch runs through torchref."""
+
+from __future__ import annotations
+
+import os
+
+from jaxvgg.core.config import TrainConfig, load_run_config, run_framework
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.images import Predictor
+from jaxvgg.predict import jax_predictor
+
+
+def run_settings(run_dir: str | os.PathLike) -> tuple[TrainConfig, str]:
+    """A run folder's settings and framework; a missing or damaged ``config.json`` is a one-line UserError."""
+    return load_run_config(run_dir), run_framework(run_dir)
+
+
+def predictor(run_dir: str | os.PathLike) -> tuple[Predictor, list[str]]:
+    """A predictor for any run folder, JAX or PyTorch (the latter needs torch)."""
+    _, framework = run_settings(run_dir)
+    if framework == "torch":
+        try:
+            from torchref.predict import torch_predictor
+        except ImportError as e:
+            raise UserError(f"{run_dir}: a PyTorch run; reading it needs torch (pip install -e '.[torch]')") from e
+        return torch_predictor(run_dir)
+    return jax_predictor(run_dir)

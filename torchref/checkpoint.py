@@ -1,0 +1,95 @@
+"""torchref's checkpoint files: ``best.pth`` (weights + meta), ``last.pth`` (everything a resume needs).
+
+Every file goes through :mod:`torchref.torchfile` (``weights_only=True`` reads, atomic writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import torchref
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.meta import check_meta, check_resume_meta
+from jaxvgg.core.specs import get_spec
+from jaxvgg.core.weights import StateDict, weights_file
+from torchref.compress import plain_state_dict
+from torchref.torchfile import load_torch_file, save_torch_file
+
+LAST, BEST = "last.pth", "best.pth"
+
+
+def save_best(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    save_torch_file(path, {"model": plain_state_dict(model), "meta": meta})
+
+
+def save_last_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, meta: dict[str, Any]) -> None:
+    """Model, optimizer, scheduler and torch's RNG, with the run's progress in ``meta``."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "meta": meta,
+    }
+    save_torch_file(path, state)
+
+
+def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    path = Path(run_dir) / which
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint does not exist")
+    ckpt = load_torch_file(path, map_location=device)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path}: not a torchref checkpoint (expected a model state_dict and its meta)")
+    meta = check_meta(ckpt.get("meta"), path)
+    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    model = torchref.create_model(meta["model"], meta["num_classes"], **options)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{path}: checkpoint does not fit {meta['model']}: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), meta
+
+
+def restore_last(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, name: str, device: torch.device
+) -> dict[str, Any]:
+    """Pour ``last.pth`` into the model, optimizer, scheduler and torch's RNG; returns its meta."""
+    ckpt = load_torch_file(path, map_location=device)
+    try:
+        meta = ckpt["meta"]
+        if meta["model"] != name:
+            raise UserError(f"{path}: checkpoint is for {meta['model']}, not {name}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"].cpu())
+        check_resume_meta(meta, path)
+        if not isinstance(meta.get("step"), int):
+            raise KeyError("step")
+    except UserError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a resumable torchref checkpoint ({type(e).__name__}: {e})") from e
+    return meta
+
+
+def read_torch_weights(source: str | Path) -> StateDict:
+    """A torch-named state_dict of a ``.pth`` file or a torch run folder (torchref's
+    :data:`~jaxvgg.core.weights.WeightReader`; JAX run folders need :func:`jaxvgg.tools.weights.read_weights`)."""
+    path = weights_file(source)
+    if path.suffix != ".pth":
+        raise UserError(f"{path}: not a PyTorch file; reading {path.suffix} files needs jaxvgg.tools.weights")
+    obj = load_torch_file(path)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
+    return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in obj.items()}
