@@ -14,10 +14,10 @@ import pytest
 from helpers import one_line_error, run_script
 from PIL import Image
 
+from jaxvgg.core import synthetic as synthetic_module
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.synthetic import make_dataset
 from jaxvgg.data import make_split, scan_image_folder
-from jaxvgg.data import synthetic as synthetic_module
 from jaxvgg.tools.predict import predictor
 
 

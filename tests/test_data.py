@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxvgg.core import folder as folder_module
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.synthetic import CLASSES, draw_leaf, make_dataset
 from jaxvgg.core.transforms import center_crop, random_resized_crop_box, resize
 from jaxvgg.data import Loader, Pipeline, load_split, make_split, save_split, scan_image_folder
-from jaxvgg.data import folder as folder_module
 
 
 def test_synthetic_images_are_deterministic_and_differ_by_class():

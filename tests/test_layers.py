@@ -62,3 +62,10 @@ def test_each_framework_trains_with_the_other_blocked(tiny_data, tmp_path, scrip
     done = run_script(script, [*flags, "--out-dir", out, "--workers", "0"], blocked_names, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / weights).is_file() and json.loads((out / "metrics.json").read_text())["accuracy"] >= 0
+
+
+def test_the_architecture_diagram_is_current():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "architecture.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -18,6 +18,7 @@ from jaxvgg.core.errors import UserError
 from jaxvgg.core.run import TrainingStopped
 from jaxvgg.data import make_split, save_split, scan_image_folder
 from jaxvgg.tools.predict import predictor
+from jaxvgg.tools.weights import read_weights
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as jax_loop
 from jaxvgg.train import steps as steps_module
@@ -25,6 +26,7 @@ from jaxvgg.train import steps as steps_module
 torch = pytest.importorskip("torch")
 
 import torchref  # noqa: E402
+from torchref import checkpoint as torch_checkpoint  # noqa: E402
 from torchref import train as torch_loop  # noqa: E402
 
 CLASSES = ["Early_blight", "Late_blight", "healthy"]
@@ -116,11 +118,11 @@ def test_load_refuses_code_and_names_damage(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(UserError, match=r"best.pth: not a plain weights file"):
-        torch_loop.load_model(run.parent, str(hostile_pth(run / "best.pth", marker).relative_to(run.parent)))
+        torch_checkpoint.load_model(run.parent, str(hostile_pth(run / "best.pth", marker).relative_to(run.parent)))
     assert not marker.exists()
     (run / "best.pth").write_bytes(student_weights(tmp_path / "ok.pth").read_bytes()[:100])
     with pytest.raises(UserError, match=r"best.pth: damaged or not a PyTorch file"):
-        torch_loop.load_model(run)
+        torch_checkpoint.load_model(run)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +200,6 @@ def test_a_non_empty_out_dir_is_refused_and_overwrite_replaces_only_run_files(ti
 
 def test_weights_from_a_run_folder_are_the_ones_its_config_names(tiny_data, tmp_path, capsys):
     from jaxvgg.core.weights import weights_file
-    from jaxvgg.tools.weights import read_weights
 
     run = run_folder(tiny_data, tmp_path / "run", "torch")
     student_weights(run / "best.pth")
@@ -253,7 +254,11 @@ def test_resume_with_more_epochs_trains_them(tiny_data, tmp_path, capsys):
     assert load_run_config(out).epochs == 2
 
 
-@pytest.mark.parametrize("fit", [jax_loop.fit, lambda cfg: torch_loop.fit(cfg, "cpu")], ids=["jax", "torch"])
+@pytest.mark.parametrize(
+    "fit",
+    [lambda cfg: jax_loop.fit(cfg, read_weights), lambda cfg: torch_loop.fit(cfg, "cpu")],
+    ids=["jax", "torch"],
+)
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tiny_data, tmp_path, fit):
     bad_data = tmp_path / "data"
     for c in CLASSES:
@@ -292,7 +297,7 @@ def test_atomic_writes_leave_the_old_file_and_no_temporary_on_a_full_disk(tmp_pa
     with pytest.raises(UserError, match=r"last.msgpack: could not be written"):
         checkpoint.save(tmp_path / "last.msgpack", {"w": np.zeros(3)}, {"model": "student_cnn"})
     with pytest.raises(UserError, match=r"last.pth: could not be written"):
-        torch_loop.save_torch_file(tmp_path / "last.pth", {"w": torch.zeros(3)})
+        torch_checkpoint.save_torch_file(tmp_path / "last.pth", {"w": torch.zeros(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
 

@@ -190,9 +190,9 @@ def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     loop_module.fit(tiny_config(tiny_data, tmp_path / "run", epochs=1))
     state = loop_module.build_state(tiny_config(tiny_data, tmp_path / "x", model="student_cnn", image_size=64), 3, 7)
     with pytest.raises(UserError, match="does not fit student_cnn"):
-        loop_module.load_state(tmp_path / "run" / "last.msgpack", state, "student_cnn")
+        checkpoint.restore_train_state(tmp_path / "run" / "last.msgpack", state, "student_cnn")
     with pytest.raises(UserError, match="checkpoint is for student_cnn, not vgg16_gap"):
-        loop_module.load_state(tmp_path / "run" / "last.msgpack", state, "vgg16_gap")
+        checkpoint.restore_train_state(tmp_path / "run" / "last.msgpack", state, "vgg16_gap")
     (tmp_path / "junk.msgpack").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="not a jaxvgg checkpoint or damaged"):
         checkpoint.read(tmp_path / "junk.msgpack")
@@ -249,3 +249,13 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_data, tmp_path):
     assert meta["epoch"] >= 1
     resumed = run_script("train_jax.py", "--resume", str(run), "--max-steps", str(14 * 2 + 3)).stdout
     assert f"resuming {run} at epoch" in resumed
+
+
+def test_metrics_read_back_every_few_steps_give_the_sums_of_reading_every_step(tiny_data, tmp_path):
+    """The loop reads the device metrics back every --log-every steps; the epoch sums must not care."""
+    histories = []
+    for every in (1, 4):
+        out = tmp_path / f"every{every}"
+        loop_module.fit(tiny_config(tiny_data, out, epochs=2, log_every=every))
+        histories.append([(h["train_loss"], h["train_acc"]) for h in json.loads((out / "history.json").read_text())])
+    assert histories[0] == histories[1]

@@ -17,12 +17,12 @@ import torchref  # noqa: E402
 from jaxvgg.convert import flax_to_torch, torch_to_flax  # noqa: E402
 from jaxvgg.core.config import TrainConfig  # noqa: E402
 from jaxvgg.core.errors import WeightMismatchError  # noqa: E402
+from jaxvgg.core.freeze import freeze_rule, head_module  # noqa: E402
+from jaxvgg.tools.weights import read_weights  # noqa: E402
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply  # noqa: E402
 from jaxvgg.train.optim import make_optimizer  # noqa: E402
 from jaxvgg.train.state import create_train_state  # noqa: E402
 from jaxvgg.train.steps import compile_steps  # noqa: E402
-from jaxvgg.core.freeze import freeze_rule, head_module  # noqa: E402
-from jaxvgg.tools.weights import read_weights  # noqa: E402
 from jaxvgg.transfer import starting_variables  # noqa: E402
 from torchref.train import make_optimizer as torch_optimizer  # noqa: E402
 from torchref.transfer import freeze, load_starting_weights, train_mode  # noqa: E402

@@ -1,9 +1,14 @@
-"""The tutorial's training and test loops in PyTorch, writing the same run folder as jaxvgg."""
+"""The tutorial's training step and test loop in PyTorch, driven by the same epoch loop as jaxvgg.
+
+:func:`train_one_batch` is the tutorial's inner loop (zero_grad, forward, loss, backward, step)
+and :func:`evaluate` its test loop; :class:`TorchTrainer` hands them to
+:func:`jaxvgg.core.driver.train`, which runs the epochs for both frameworks.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -11,36 +16,24 @@ from torch import nn
 from tqdm import tqdm
 
 import torchref
+from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
-from jaxvgg.core.run import (
-    EpochEstimate,
-    EpochSums,
-    RunContext,
-    announce_stop,
-    check_divergence,
-    check_loss,
-    class_weights,
-    deferred_interrupt,
-    early_stop_reason,
-    end_epoch,
-    finish_run,
-    prepare_run,
-    removed_if_unfinished,
-    teacher_model,
-    write_sparse_best,
-)
+from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import get_spec
-from jaxvgg.core.weights import WeightReader
-from torchref.checkpoint import BEST, LAST, load_model, read_torch_weights, restore_last, save_best, save_last_state
+from jaxvgg.core.weights import StateDict, WeightReader
+from torchref.checkpoint import BEST, load_model, read_torch_weights, restore_last, save_best, save_last_state
 from torchref.compress import add_pruning_slots, distillation_loss, numpy_state_dict, prune_model
 from torchref.data import eval_transform, make_loader, train_transform
 from torchref.device import pick_device
 from torchref.distributed import Distributed, init_distributed
 from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
+
+# (logits, images, labels) -> the loss to minimise; images are there for a teacher to see.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -74,6 +67,36 @@ def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
     }
 
 
+def train_one_batch(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: LossFn, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step; returns (loss sum, correct, count), the first two still tensors."""
+    optimizer.zero_grad()
+    with autocast(x.device, precision):
+        out = net(x)
+        loss = loss_fn(out.float(), x, y)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y)
+
+
+def cross_entropy_loss(weights: list[float] | None, device: torch.device) -> LossFn:
+    """The tutorial's ``CrossEntropyLoss``, class-weighted when asked (``--class-weights``)."""
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=device))
+    return lambda out, _x, y: criterion(out, y)
+
+
+def distillation(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
+    """The tutorial's distillation loss, with the frozen teacher's logits for the same images."""
+
+    def loss(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_out = teacher(x)
+        return distillation_loss(out, teacher_out.float(), y, temperature, alpha)
+
+    return loss
+
+
 def evaluate(
     model: nn.Module, loader, device, criterion, desc: str = "eval", precision: str = "fp32"
 ) -> dict[str, Any]:
@@ -103,6 +126,140 @@ def evaluate(
     }
 
 
+class TorchTrainer:
+    """What :func:`jaxvgg.core.driver.train` needs, in PyTorch: the model, optimizer and loaders."""
+
+    framework = "torch"
+
+    def __init__(self, ctx: RunContext, ddp: Distributed, device: str | None, read_weights: WeightReader) -> None:
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.ddp = ctx, cfg, ddp
+        dev = pick_device(device)
+        if ddp.active and dev.type == "cuda":  # one GPU per process
+            dev = torch.device("cuda", ddp.local_rank)
+            torch.cuda.set_device(dev)
+        self.dev, self.device = dev, str(dev)
+        torch.manual_seed(cfg.seed)
+        self.workers = 2 if cfg.workers is None else min(cfg.workers, 4)  # DataLoader processes; 0: in-process
+        self.train_loader = make_loader(
+            ctx.data.root,
+            ctx.split.subsets["train"],
+            train_transform(cfg.image_size, cfg.augment),
+            cfg.batch_size,
+            True,
+            cfg.seed,
+            self.workers,
+            ddp.world,
+            ddp.rank,
+        )
+        self.batches_per_epoch = len(self.train_loader)
+        model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg))
+        source = cfg.pretrained or cfg.init_from
+        if source and not cfg.resume:
+            print(load_starting_weights(model, cfg.model, source, bool(cfg.pretrained), read_weights))
+        if cfg.prune_amount and cfg.resume:
+            add_pruning_slots(model)  # the checkpoint holds weight_orig + weight_mask
+        elif cfg.prune_amount:
+            prune_model(model, cfg.prune_amount, cfg.prune_scope)
+            print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
+            print(format_sparsity(sparsity(numpy_state_dict(model))))
+        teacher = load_teacher(cfg, len(ctx.classes), dev, read_weights) if cfg.teacher else None
+        model = prepare(model.to(dev), dev)
+        is_frozen = freeze_rule(cfg.model, cfg.freeze)
+        freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
+        self.net = ddp.wrap(model, dev)  # what trains; `model` is what is saved and evaluated
+        self.model = self.net.module if ddp.active else self.net
+        self.frozen_bn = freeze(self.model, is_frozen)
+        # Frozen parameters are not given to the optimizer, so it keeps no state for them.
+        self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(cfg, self.optimizer)
+        weights = class_weights(ctx)  # says so when --teacher leaves them out
+        if teacher is None:
+            self.loss_fn = cross_entropy_loss(weights, dev)
+        else:
+            self.loss_fn = distillation(teacher, cfg.temperature, cfg.alpha)
+        # Evaluation reports the plain loss, as the JAX side does.
+        self.criterion = nn.CrossEntropyLoss()
+        self.step = 0
+
+    def _loader(self, subset: str):
+        cfg = self.cfg
+        transform = eval_transform(cfg.image_size)
+        return make_loader(
+            self.ctx.data.root, self.ctx.split.subsets[subset], transform, cfg.batch_size, False, cfg.seed, self.workers
+        )
+
+    def describe(self) -> str:
+        n_params, n_frozen = self.parameters()
+        ctx, cfg = self.ctx, self.cfg
+        return (
+            f"{cfg.model}: {n_params:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
+            f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
+            f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
+            f"images, device {self.dev}" + (f", {self.ddp.world} processes (DDP)" if self.ddp.active else "")
+        )
+
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        self.train_loader.sampler.set_epoch(epoch, start)
+        for x, y in self.train_loader:
+            yield to_device(x, self.dev), y.to(self.dev)
+
+    def start_epoch(self, epoch: int) -> float:
+        train_mode(self.net, self.frozen_bn)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self, batch: Any) -> Any:
+        x, y = batch
+        self.step += 1
+        return train_one_batch(self.net, x, y, self.optimizer, self.loss_fn, self.cfg.precision)
+
+    def fetch(self, metrics: list[Any]) -> list[tuple[float, float, float]]:
+        return [(loss.item(), correct.item(), float(count)) for loss, correct, count in metrics]
+
+    def global_sums(self, sums: EpochSums) -> EpochSums:
+        # Every process evaluated the whole validation set; training statistics are summed over them.
+        return EpochSums(*self.ddp.sum(sums.loss, sums.correct, sums.count))
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    def evaluate(self, subset: str, desc: str) -> dict[str, Any]:
+        return evaluate(self.model, self._loader(subset), self.dev, self.criterion, desc, self.cfg.precision)
+
+    def steps_done(self) -> int:
+        return self.step
+
+    def save_last(self, progress: dict[str, Any]) -> None:
+        """Rank 0 writes; every rank waits until it has."""
+        if self.ddp.is_main:
+            meta = _meta(self.ctx, **progress, step=self.step)
+            save_last_state(self.ctx.checkpoint("last"), self.model, self.optimizer, self.scheduler, meta)
+        self.ddp.barrier()
+
+    def restore_last(self) -> dict[str, Any]:
+        meta = restore_last(
+            self.ctx.checkpoint("last"), self.model, self.optimizer, self.scheduler, self.cfg.model, self.dev
+        )
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.T_max = self.cfg.epochs  # a resume may change --epochs; JAX's schedule follows it too
+        self.step = meta["step"]
+        return meta
+
+    def save_best(self, meta: dict[str, Any]) -> None:
+        save_best(self.ctx.checkpoint("best"), self.model, _meta(self.ctx, **meta))
+
+    def test_best(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        best, meta = load_model(self.ctx.out_dir, BEST, self.dev)
+        return evaluate(best, self._loader("test"), self.dev, self.criterion, "test", self.cfg.precision), meta
+
+    def best_state_dict(self) -> StateDict:
+        return numpy_state_dict(load_model(self.ctx.out_dir, BEST, self.dev)[0])
+
+    def parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.model.parameters()) - trainable
+
+
 def fit(
     cfg: TrainConfig, device: str | None = None, read_weights: WeightReader = read_torch_weights
 ) -> dict[str, Any] | None:
@@ -113,191 +270,7 @@ def fit(
         raise UserError(f"--batch-size {cfg.batch_size} does not split evenly over {ddp.world} processes")
     ctx = prepare_run(cfg, "torch", main=ddp.is_main, barrier=ddp.barrier)
     with removed_if_unfinished(ctx):
-        return _train(ctx, ddp, device, read_weights)
-
-
-def _train(ctx: RunContext, ddp: Distributed, device: str | None, read_weights: WeightReader) -> dict[str, Any] | None:
-    cfg = ctx.cfg
-    dev = pick_device(device)
-    if ddp.active and dev.type == "cuda":  # one GPU per process
-        dev = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(dev)
-    torch.manual_seed(cfg.seed)
-    workers = 2 if cfg.workers is None else min(cfg.workers, 4)  # DataLoader processes; 0 loads in-process
-    root = ctx.data.root
-    train = make_loader(
-        root,
-        ctx.split.subsets["train"],
-        train_transform(cfg.image_size, cfg.augment),
-        cfg.batch_size,
-        True,
-        cfg.seed,
-        workers,
-        ddp.world,
-        ddp.rank,
-    )
-    batches_per_epoch = len(train)
-    val = make_loader(
-        root,
-        ctx.split.subsets[ctx.val_subset],
-        eval_transform(cfg.image_size),
-        cfg.batch_size,
-        False,
-        cfg.seed,
-        workers,
-    )
-    model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg))
-    source = cfg.pretrained or cfg.init_from
-    if source and not cfg.resume:
-        print(load_starting_weights(model, cfg.model, source, bool(cfg.pretrained), read_weights))
-    if cfg.prune_amount and cfg.resume:
-        add_pruning_slots(model)  # the checkpoint holds weight_orig + weight_mask
-    elif cfg.prune_amount:
-        prune_model(model, cfg.prune_amount, cfg.prune_scope)
-        print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
-        print(format_sparsity(sparsity(numpy_state_dict(model))))
-    teacher = load_teacher(cfg, len(ctx.classes), dev, read_weights) if cfg.teacher else None
-    model = prepare(model.to(dev), dev)
-    is_frozen = freeze_rule(cfg.model, cfg.freeze)
-    freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
-    net = ddp.wrap(model, dev)  # what trains; `model` is what is saved and evaluated
-    model = net.module if ddp.active else net
-    frozen_bn = freeze(model, is_frozen)
-    # Frozen parameters are not given to the optimizer, so it keeps no state for them.
-    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scheduler = make_scheduler(cfg, optimizer)
-    weights = class_weights(ctx)
-    # Training weighs the classes as asked; evaluation reports the plain loss, as the JAX side does.
-    train_criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=dev))
-    criterion = nn.CrossEntropyLoss()
-    start_epoch, start_batch, best_acc, bad_epochs, step, resume_sums = 0, 0, -1.0, 0, 0, {}
-    if cfg.resume:
-        meta = restore_last(ctx.out_dir / LAST, model, optimizer, scheduler, cfg.model, dev)
-        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            scheduler.T_max = cfg.epochs  # a resume may change --epochs; JAX's schedule follows it too
-        if ctx.config_changed:
-            ctx.save_config()
-        start_epoch, start_batch, best_acc, bad_epochs, step = (
-            meta["epoch"],
-            meta["batch"],
-            meta["best_acc"],
-            meta["bad_epochs"],
-            meta["step"],
-        )
-        resume_sums = meta.get("sums", {})
-        ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
-        print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    print(
-        f"{cfg.model}: {n_params:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
-        f"{batches_per_epoch} batches of {cfg.batch_size} per epoch, "
-        f"{len(ctx.split.subsets['train'])} train / {len(val.dataset)} {ctx.val_subset} images, device {dev}"
-        + (f", {ddp.world} processes (DDP)" if ddp.active else "")
-    )
-
-    def save_last(epoch: int, batch: int, sums: EpochSums | None = None) -> None:
-        """Rank 0 writes; every rank waits until it has."""
-        if ddp.is_main:
-            progress = dict(epoch=epoch, batch=batch, best_acc=best_acc, bad_epochs=bad_epochs, step=step)
-            sums_dict = dataclasses.asdict(sums or EpochSums())
-            save_last_state(ctx.out_dir / LAST, model, optimizer, scheduler, _meta(ctx, **progress, sums=sums_dict))
-        ddp.barrier()
-
-    estimate = EpochEstimate(batches_per_epoch, cfg.epochs - start_epoch)
-    first_step_s, t_start, stopped = None, time.perf_counter(), "finished"
-    for epoch in range(start_epoch, cfg.epochs):
-        batch_idx = start_batch if epoch == start_epoch else 0
-        train.sampler.set_epoch(epoch, batch_idx)
-        lr = optimizer.param_groups[0]["lr"]
-        train_mode(net, frozen_bn)
-        t0 = time.perf_counter()
-        sums = EpochSums(**resume_sums) if epoch == start_epoch and start_batch > 0 else EpochSums()
-        bar = tqdm(
-            train,
-            total=batches_per_epoch,
-            initial=batch_idx,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            dynamic_ncols=True,
-            disable=not ddp.is_main,
-        )
-        try:  # Ctrl-C while training or validating saves the exact position
-            for x, y in bar:
-                x, y = to_device(x, dev), y.to(dev)
-                optimizer.zero_grad()
-                with autocast(dev, cfg.precision):
-                    out = net(x)
-                    if teacher is None:
-                        loss = train_criterion(out.float(), y)
-                    else:
-                        with torch.no_grad():
-                            teacher_out = teacher(x)
-                        loss = distillation_loss(out.float(), teacher_out.float(), y, cfg.temperature, cfg.alpha)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                value = loss.item()
-                if first_step_s is None:
-                    first_step_s = time.perf_counter() - t_start
-                if message := estimate.step():
-                    bar.write(message)
-                check_loss(ctx, value, epoch, batch_idx)
-                sums.add(value * len(y), (out.argmax(1) == y).sum().item(), len(y))
-                batch_idx += 1
-                bar.set_postfix(sums.postfix(time.perf_counter() - t0))
-                if cfg.max_steps is not None and step >= cfg.max_steps and batch_idx < batches_per_epoch:
-                    raise _StepLimit
-            bar.close()
-            train_s = time.perf_counter() - t0
-            ev = evaluate(model, val, dev, criterion, desc=f"{ctx.val_subset} {epoch + 1}", precision=cfg.precision)
-        except (KeyboardInterrupt, _StepLimit) as stop:
-            bar.close()
-            save_last(epoch, batch_idx, sums)
-            announce_stop(ctx, LAST, interrupted=isinstance(stop, KeyboardInterrupt))
-            if isinstance(stop, KeyboardInterrupt):
-                raise
-            return None
-        scheduler.step()
-        with deferred_interrupt(ctx, LAST):
-            check_divergence(ctx, sums.loss / max(sums.count, 1), epoch)
-            improved = ev["acc"] > best_acc
-            if improved:
-                best_acc, bad_epochs = ev["acc"], 0
-                if ddp.is_main:
-                    save_best(ctx.out_dir / BEST, model, _meta(ctx, epoch=epoch + 1, val_acc=best_acc))
-            else:
-                bad_epochs += 1
-            # Every process evaluated the whole validation set; training statistics are summed over them.
-            end_epoch(
-                ctx, epoch, lr, EpochSums(*ddp.sum(sums.loss, sums.correct, sums.count)), ev, t0, train_s, improved
-            )
-            save_last(epoch + 1, 0)
-        if reason := early_stop_reason(ctx, bad_epochs):
-            stopped = reason
-            break
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            stopped = f"stopped after --max-steps {cfg.max_steps}"
-            break
-    ddp.barrier()
-    best, meta = load_model(ctx.out_dir, BEST, dev)
-    test = make_loader(
-        root, ctx.split.subsets["test"], eval_transform(cfg.image_size), cfg.batch_size, False, cfg.seed, workers
-    )
-    ev = evaluate(best, test, dev, criterion, desc="test", precision=cfg.precision)
-    report = finish_run(
-        ctx,
-        ev,
-        meta,
-        stopped=stopped,
-        framework="torch",
-        device=str(dev),
-        first_step_s=first_step_s,
-        parameters=(n_params, n_frozen),
-    )
-    if cfg.prune_amount and ddp.is_main:
-        write_sparse_best(ctx.out_dir, BEST, numpy_state_dict(best))
-    return report
+        return driver.train(ctx, TorchTrainer(ctx, ddp, device, read_weights))
 
 
 def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device, read_weights: WeightReader) -> nn.Module:
@@ -308,7 +281,3 @@ def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device, read_
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(device).eval()
-
-
-class _StepLimit(Exception):
-    pass

@@ -58,6 +58,7 @@ class TrainConfig:
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+    log_every: int = 10  # read the training metrics back every N steps (not every step: no wait per step)
     precision: str = "fp32"  # fp32, or bf16: bfloat16 compute, float32 weights, optimizer and loss
     devices: int | None = None  # data-parallel over this many devices (default: all)
     coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
@@ -110,6 +111,7 @@ def _typed(name: str, kind: str, value: Any, source: str | Path) -> Any:
 # Settings of one invocation rather than of the run: --resume takes these from the command line.
 INVOCATION_SETTINGS = (
     "max_steps",
+    "log_every",
     "workers",
     "devices",
     "coordinator",
@@ -184,6 +186,7 @@ _HELP = {
     "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
     "such as features,classifier.0",
     "max_steps": "stop after this many optimizer steps",
+    "log_every": "read the training loss back (progress bar, NaN check) every N steps; sums stay exact",
     "prune_amount": "L1-prune this fraction of every conv/linear weight of the starting model "
     "(with --init-from/--pretrained) and fine-tune with the pruned weights held at 0",
     "prune_scope": "layer (torch l1_unstructured per layer) or global (global_unstructured)",
@@ -300,7 +303,7 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError(f"--class-weights {cfg.class_weights!r}: choose one of {', '.join(CLASS_WEIGHTS)}")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"--schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    for name in ("image_size", "batch_size", "epochs", "step_size"):
+    for name in ("image_size", "batch_size", "epochs", "step_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.image_size > 4096:

@@ -21,7 +21,7 @@ from flax import serialization
 from jaxvgg.convert import flax_to_torch
 from jaxvgg.core.atomic import write_bytes
 from jaxvgg.core.errors import UserError, WeightMismatchError
-from jaxvgg.core.meta import check_meta
+from jaxvgg.core.meta import check_meta, check_resume_meta
 from jaxvgg.core.specs import get_spec
 from jaxvgg.core.weights import weights_file
 from jaxvgg.models import create_model, variable_shapes
@@ -118,3 +118,30 @@ def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:
     _, variables, meta = load_variables(path.parent, path.name)
     options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
     return flax_to_torch(meta["model"], variables, **options)
+
+
+def _train_state_tree(state: Any) -> dict[str, Any]:
+    """What ``last.msgpack`` holds of a :class:`~jaxvgg.train.state.TrainState`."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
+
+
+def save_train_state(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> None:
+    """Everything a resume needs (step, parameters, BatchNorm statistics, optimizer state, RNG key)."""
+    save(path, _train_state_tree(state), meta)
+
+
+def restore_train_state(path: str | os.PathLike, state: Any, model: str) -> tuple[Any, dict[str, Any]]:
+    """``state`` with ``last.msgpack`` poured in, and the file's meta."""
+    path = Path(path)
+    meta, raw = read(path)
+    if meta.get("model") != model:
+        raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
+    check_resume_meta(meta, path)
+    tree = restore(_train_state_tree(state), raw, path, model)
+    return state.replace(**tree), meta

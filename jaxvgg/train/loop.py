@@ -1,12 +1,15 @@
-"""The epoch loop: train, validate, keep the best model, stop early, resume, survive Ctrl-C."""
+"""The JAX side of the epoch driver: a :class:`JaxTrainer` over a jitted, donated train step.
+
+The loop itself is :func:`jaxvgg.core.driver.train`, shared with torchref; this module builds
+the state (model, optimizer, starting weights, pruning, freezing, distillation) and supplies
+the few functions the driver calls.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -19,42 +22,21 @@ import jaxvgg
 from jaxvgg.compress import prune
 from jaxvgg.compress.distill import Distillation
 from jaxvgg.convert import flax_to_torch, torch_to_flax
+from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
-from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
-from jaxvgg.core.meta import check_resume_meta
-from jaxvgg.core.run import (
-    EpochEstimate,
-    EpochSums,
-    RunContext,
-    announce_stop,
-    check_divergence,
-    check_loss,
-    class_weights,
-    deferred_interrupt,
-    early_stop_reason,
-    end_epoch,
-    finish_run,
-    prepare_run,
-    removed_if_unfinished,
-    teacher_model,
-    write_sparse_best,
-)
+from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import get_spec
-from jaxvgg.core.weights import WeightReader
+from jaxvgg.core.weights import StateDict, WeightReader
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
-from jaxvgg.train.checkpoint import BEST, LAST, load_variables, read_jax_weights
+from jaxvgg.train.checkpoint import load_variables, read_jax_weights
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.transfer import param_labels, starting_variables
-
-
-class _StepLimit(Exception):
-    pass
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -121,44 +103,6 @@ def trainable_count(state: TrainState, cfg: TrainConfig) -> tuple[int, int]:
     return sum(sizes) - frozen, frozen
 
 
-def _state_tree(state: TrainState) -> dict[str, Any]:
-    return {
-        "step": state.step,
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "opt_state": state.opt_state,
-        "rng": state.rng,
-    }
-
-
-def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
-    cfg = ctx.cfg
-    return {
-        "framework": "jax",
-        "model": cfg.model,
-        "num_classes": len(ctx.classes),
-        "classes": ctx.classes,
-        "image_size": cfg.image_size,
-        **progress,
-    }
-
-
-def save_state(path: Path, ctx: RunContext, state: TrainState, **progress: Any) -> None:
-    """Process 0 writes; in a multi-host run every process waits until the file is there."""
-    if ctx.main:
-        checkpoint.save(path, local_copy(_state_tree(state)), _meta(ctx, **progress))
-    ctx.barrier(f"saved {path.name}")
-
-
-def load_state(path: Path, state: TrainState, model: str) -> tuple[TrainState, dict[str, Any]]:
-    meta, raw = checkpoint.read(path)
-    if meta.get("model") != model:
-        raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
-    check_resume_meta(meta, path)
-    tree = checkpoint.restore(_state_tree(state), raw, path, model)
-    return state.replace(**tree), meta
-
-
 def evaluate(
     state: TrainState, loader: Loader, eval_step, desc: str = "eval", put: Callable = lambda batch: batch
 ) -> dict[str, Any]:
@@ -185,6 +129,128 @@ def evaluate(
     }
 
 
+class JaxTrainer:
+    """What :func:`jaxvgg.core.driver.train` needs, in JAX. The state lives here between steps;
+    each step is the pure ``train_step(state, batch)``, compiled once with the state donated."""
+
+    framework = "jax"
+
+    def __init__(self, ctx: RunContext, par: DataParallel, read_weights: WeightReader) -> None:
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.par = ctx, cfg, par
+        self.shard = (jax.process_index(), jax.process_count())
+        self.train_loader = Loader(
+            ctx.data.root,
+            ctx.split.samples("train"),
+            Pipeline(cfg.image_size, cfg.augment),
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            workers=cfg.workers,
+            shard=self.shard,
+        )
+        self.batches_per_epoch = len(self.train_loader)
+        self.device = jax.devices()[0].platform
+        state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights)
+        self.state = par.replicate(state)
+        self.steps = 0
+        weights = class_weights(ctx)
+        step_fn = steps.train_step if weights is None else functools.partial(steps.train_step, class_weights=weights)
+        self.compiled_train_step, self.eval_step = par.compile_steps(step_fn, steps.eval_step)
+
+    def _loader(self, subset: str) -> Loader:
+        samples = self.ctx.split.samples(subset)
+        pipeline = Pipeline(self.cfg.image_size)
+        return Loader(
+            self.ctx.data.root,
+            samples,
+            pipeline,
+            self.cfg.batch_size,
+            train=False,
+            workers=self.cfg.workers,
+            shard=self.shard,
+        )
+
+    def describe(self) -> str:
+        n_train, n_frozen = self.parameters()
+        ctx, cfg = self.ctx, self.cfg
+        return (
+            f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
+            f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
+            f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
+            f"images, {self.par.size} {self.device} device(s)"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        )
+
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        return self.train_loader.epoch(epoch, start)
+
+    def start_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        return epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
+
+    def train_step(self, batch: Any) -> Any:
+        self.state, m = self.compiled_train_step(self.state, self.par.shard(batch.as_dict()))
+        self.steps += 1
+        return (m["loss_sum"], m["correct"], m["count"])  # still on the device
+
+    def fetch(self, metrics: list[Any]) -> list[tuple[float, float, float]]:
+        return [tuple(float(v) for v in m) for m in local_copy(metrics)]
+
+    def global_sums(self, sums: EpochSums) -> EpochSums:
+        return sums  # the sharded step's metrics already cover the global batch
+
+    def end_epoch(self) -> None:
+        pass  # the optax schedule counts steps itself
+
+    def evaluate(self, subset: str, desc: str) -> dict[str, Any]:
+        return evaluate(self.state, self._loader(subset), self.eval_step, desc=desc, put=self.par.shard)
+
+    def steps_done(self) -> int:
+        return self.steps
+
+    def save_last(self, progress: dict[str, Any]) -> None:
+        """Process 0 writes; in a multi-host run every process waits until the file is there."""
+        path = self.ctx.checkpoint("last")
+        if self.ctx.main:
+            checkpoint.save_train_state(path, local_copy(self.state), _meta(self.ctx, **progress))
+        self.ctx.barrier(f"saved {path.name}")
+
+    def restore_last(self) -> dict[str, Any]:
+        state, meta = checkpoint.restore_train_state(self.ctx.checkpoint("last"), self.state, self.cfg.model)
+        self.state = self.par.replicate(state)
+        self.steps = int(state.step)
+        return meta
+
+    def save_best(self, meta: dict[str, Any]) -> None:
+        checkpoint.save(self.ctx.checkpoint("best"), local_copy(self.state.variables), _meta(self.ctx, **meta))
+
+    def test_best(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        _, variables, meta = load_variables(self.ctx.out_dir)
+        variables = self.par.replicate(variables)
+        state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+        return evaluate(state, self._loader("test"), self.eval_step, desc="test", put=self.par.shard), meta
+
+    def best_state_dict(self) -> StateDict:
+        _, variables, _ = load_variables(self.ctx.out_dir)
+        return flax_to_torch(self.cfg.model, variables)
+
+    def parameters(self) -> tuple[int, int]:
+        return trainable_count(self.state, self.cfg)
+
+
+def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
+    cfg = ctx.cfg
+    return {
+        "framework": "jax",
+        "model": cfg.model,
+        "num_classes": len(ctx.classes),
+        "classes": ctx.classes,
+        "image_size": cfg.image_size,
+        **progress,
+    }
+
+
 def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict[str, Any] | None:
     """Train as configured; returns the test-split report of the best model (None if stopped mid-epoch).
 
@@ -195,164 +261,7 @@ def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict
     par.check_batch_size(cfg.batch_size)
     ctx = prepare_run(cfg, "jax", main=par.is_main, barrier=par.barrier)
     with removed_if_unfinished(ctx):
-        return _train(ctx, par, read_weights)
-
-
-def _train(ctx: RunContext, par: DataParallel, read_weights: WeightReader) -> dict[str, Any] | None:
-    cfg = ctx.cfg
-    root = ctx.data.root
-    shard = (jax.process_index(), jax.process_count())
-    train = Loader(
-        root,
-        ctx.split.samples("train"),
-        Pipeline(cfg.image_size, cfg.augment),
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        shard=shard,
-    )
-    val = Loader(
-        root,
-        ctx.split.samples(ctx.val_subset),
-        Pipeline(cfg.image_size),
-        cfg.batch_size,
-        train=False,
-        workers=cfg.workers,
-        shard=shard,
-    )
-    state = build_state(cfg, len(ctx.classes), len(train), not cfg.resume, read_weights)
-    start_epoch, start_batch, best_acc, bad_epochs, resume_sums = 0, 0, -1.0, 0, {}
-    if cfg.resume:
-        state, meta = load_state(ctx.out_dir / LAST, state, cfg.model)
-        if ctx.config_changed:
-            ctx.save_config()
-        start_epoch, start_batch = meta["epoch"], meta["batch"]
-        best_acc, bad_epochs, resume_sums = meta["best_acc"], meta["bad_epochs"], meta.get("sums", {})
-        ctx.history = [h for h in ctx.history if h["epoch"] <= start_epoch]
-        print(f"resuming {ctx.out_dir} at epoch {start_epoch + 1}, batch {start_batch}")
-    state = par.replicate(state)
-    weights = class_weights(ctx)
-    step_fn = steps.train_step if weights is None else functools.partial(steps.train_step, class_weights=weights)
-    train_step, eval_step = par.compile_steps(step_fn, steps.eval_step)
-    n_train, n_frozen = trainable_count(state, cfg)
-    print(
-        f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
-        f"{len(train)} batches of {cfg.batch_size} per epoch, "
-        f"{len(ctx.split.subsets['train'])} train / {len(val.samples)} {ctx.val_subset} images, "
-        f"{par.size} {jax.devices()[0].platform} device(s)"
-        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
-    )
-    estimate = EpochEstimate(len(train), cfg.epochs - start_epoch)
-    first_step_s = None
-    t_start = time.perf_counter()
-    stopped = "finished"
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
-        t0 = time.perf_counter()
-        resumed = epoch == start_epoch and start_batch > 0
-        sums = EpochSums(**resume_sums) if resumed else EpochSums()
-        batch_idx = start_batch if epoch == start_epoch else 0
-        bar = tqdm(
-            train.epoch(epoch, batch_idx),
-            total=len(train),
-            initial=batch_idx,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            dynamic_ncols=True,
-            disable=not par.is_main,
-        )
-        try:  # Ctrl-C while training or validating saves the exact position
-            for batch in bar:
-                state, m = train_step(state, par.shard(batch.as_dict()))
-                m = local_copy(m)
-                batch_loss = float(m["loss_sum"])
-                if first_step_s is None:
-                    first_step_s = time.perf_counter() - t_start
-                if message := estimate.step():
-                    bar.write(message)
-                check_loss(ctx, batch_loss, epoch, batch_idx)
-                sums.add(batch_loss, float(m["correct"]), float(m["count"]))
-                batch_idx += 1
-                bar.set_postfix(sums.postfix(time.perf_counter() - t0))
-                if cfg.max_steps is not None and int(state.step) >= cfg.max_steps and batch_idx < len(train):
-                    raise _StepLimit
-            bar.close()
-            train_s = time.perf_counter() - t0
-            ev = evaluate(state, val, eval_step, desc=f"{ctx.val_subset} {epoch + 1}", put=par.shard)
-        except (KeyboardInterrupt, _StepLimit) as stop:
-            bar.close()
-            save_state(
-                ctx.out_dir / LAST,
-                ctx,
-                state,
-                epoch=epoch,
-                batch=batch_idx,
-                best_acc=best_acc,
-                bad_epochs=bad_epochs,
-                sums=dataclasses.asdict(sums),
-            )
-            announce_stop(ctx, LAST, interrupted=isinstance(stop, KeyboardInterrupt))
-            if isinstance(stop, KeyboardInterrupt):
-                raise
-            return None
-        with deferred_interrupt(ctx, LAST):
-            check_divergence(ctx, sums.loss / max(sums.count, 1), epoch)
-            improved = ev["acc"] > best_acc
-            if improved:
-                best_acc, bad_epochs = ev["acc"], 0
-                if ctx.main:
-                    checkpoint.save(
-                        ctx.out_dir / BEST, local_copy(state.variables), _meta(ctx, epoch=epoch + 1, val_acc=best_acc)
-                    )
-            else:
-                bad_epochs += 1
-            end_epoch(ctx, epoch, lr, sums, ev, t0, train_s, improved)
-            save_state(
-                ctx.out_dir / LAST, ctx, state, epoch=epoch + 1, batch=0, best_acc=best_acc, bad_epochs=bad_epochs
-            )
-        if reason := early_stop_reason(ctx, bad_epochs):
-            stopped = reason
-            break
-        if cfg.max_steps is not None and int(state.step) >= cfg.max_steps:
-            stopped = f"stopped after --max-steps {cfg.max_steps}"
-            break
-    report = test_best(ctx, state, eval_step, stopped, first_step_s, par)
-    if cfg.prune_amount and ctx.main:
-        _, variables, _ = load_variables(ctx.out_dir)
-        write_sparse_best(ctx.out_dir, BEST, flax_to_torch(cfg.model, variables))
-    return report
-
-
-def test_best(
-    ctx: RunContext, state: TrainState, eval_step, stopped: str, first_step_s: float | None, par: DataParallel
-) -> dict:
-    cfg = ctx.cfg
-    ctx.barrier("best checkpoint written")
-    _, variables, meta = load_variables(ctx.out_dir)
-    variables = par.replicate(variables)
-    state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-    test = Loader(
-        ctx.data.root,
-        ctx.split.samples("test"),
-        Pipeline(cfg.image_size),
-        cfg.batch_size,
-        train=False,
-        workers=cfg.workers,
-        shard=(jax.process_index(), jax.process_count()),
-    )
-    ev = evaluate(state, test, eval_step, desc="test", put=par.shard)
-    report = finish_run(
-        ctx,
-        ev,
-        meta,
-        stopped=stopped,
-        framework="jax",
-        device=jax.devices()[0].platform,
-        first_step_s=first_step_s,
-        parameters=trainable_count(state, ctx.cfg),
-    )
-    return report
+        return driver.train(ctx, JaxTrainer(ctx, par, read_weights))
 
 
 def _is_main() -> bool:
