@@ -11,10 +11,10 @@ cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply
 (forward + two backward products) per training image; "%pk" divides it by the device's peak
 (GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
 --repeats N runs each framework N times, alternating, and reports medians: use it on a shared
-machine, where identical runs differ by up to 40%. The JAX convolution lowering follows
-JAXVGG_CONV (auto, xla, im2col). Both children apply the scripts' allocator settings
-(jaxvgg.core.hostmem; JAXVGG_MALLOC=0 turns them off in both). The training loader's images/s is
-printed at the end.
+machine, where identical runs differ by up to 40%. --conv-route picks the JAX convolution route
+(default: the backend's, cpu on CPUs, xla elsewhere; jaxvgg.ops.conv). Both children apply the
+scripts' allocator settings (jaxvgg.core.hostmem; JAXVGG_MALLOC=0 turns them off in both). The
+training loader's images/s is printed at the end.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def timed(fn, steps: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def bench_jax(model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32") -> dict:
+def bench_jax(
+    model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32", conv_route: str | None = None
+) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -103,7 +105,7 @@ def bench_jax(model: str, image_size: int, batch_size: int, steps: int, precisio
     options = {"image_size": image_size} if get_spec(model).sized else {}
     if precision == "bf16":
         options["dtype"] = jnp.bfloat16
-    m = jaxvgg.create_model(model, 3, **options)
+    m = jaxvgg.create_model(model, 3, conv_route=conv_route, **options)
     state = create_train_state(m, jaxvgg.init_variables(m, image_size), make_optimizer("adam", 1e-4, 1e-5))
     images, labels = batch_data(batch_size, image_size)
     batch = {
@@ -126,7 +128,7 @@ def bench_jax(model: str, image_size: int, batch_size: int, steps: int, precisio
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
         "device": jax.devices()[0].device_kind,
-        "conv_lowering": os.environ.get("JAXVGG_CONV", "auto"),
+        "conv_route": m.conv_route,
         "precision": precision,
     }
 
@@ -203,7 +205,16 @@ def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | 
     return n / (time.perf_counter() - t0)
 
 
-def child(framework: str, model: str, image_size: int, batch_size: int, steps: int, out: str, precision: str) -> None:
+def child(
+    framework: str,
+    model: str,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    out: str,
+    precision: str,
+    route: str | None,
+) -> None:
     import resource
 
     from jaxvgg.core.hostmem import keep_freed_memory
@@ -211,13 +222,18 @@ def child(framework: str, model: str, image_size: int, batch_size: int, steps: i
     # Both frameworks' scripts run with these allocator settings; so does each child here.
     allocator_tuned = keep_freed_memory()
 
-    result = (bench_jax if framework == "jax" else bench_torch)(model, image_size, batch_size, steps, precision)
+    if framework == "jax":
+        result = bench_jax(model, image_size, batch_size, steps, precision, route)
+    else:
+        result = bench_torch(model, image_size, batch_size, steps, precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["malloc_keeps_freed_memory"] = allocator_tuned
     Path(out).write_text(json.dumps(result))
 
 
-def run_case(framework: str, model: str, image_size: int, batch_size: int, steps: int, precision: str) -> dict:
+def run_case(
+    framework: str, model: str, image_size: int, batch_size: int, steps: int, precision: str, route: str | None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [
@@ -237,6 +253,7 @@ def run_case(framework: str, model: str, image_size: int, batch_size: int, steps
             str(out),
             "--precision",
             precision,
+            *(["--conv-route", route] if route else []),
         ]
         # No persistent compilation cache: "first step" measures a cold compile.
         env = {**os.environ, "JAXVGG_COMPILE_CACHE": "0"}
@@ -259,7 +276,14 @@ def merge_repeats(runs: list[dict]) -> dict:
 
 
 def bench(
-    model: str, image_size: int, batch_size: int, frameworks: list[str], steps: int, precision: str, repeats: int = 1
+    model: str,
+    image_size: int,
+    batch_size: int,
+    frameworks: list[str],
+    steps: int,
+    precision: str,
+    repeats: int = 1,
+    route: str | None = None,
 ) -> dict:
     from jaxvgg.summary import model_macs
 
@@ -270,7 +294,7 @@ def bench(
     runs = {fw: [] for fw in frameworks}
     for _ in range(repeats):
         for fw in frameworks:
-            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision))
+            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision, route))
     for fw in frameworks:
         r = merge_repeats(runs[fw])
         if "error" not in r:
@@ -356,10 +380,22 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument(
+        "--conv-route", choices=["cpu", "xla", "im2col"], help="JAX convolution route (default: the backend's)"
+    )
     p.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child, args.model, args.image_size, args.batch_size, args.steps, args.json, args.precision)
+        child(
+            args.child,
+            args.model,
+            args.image_size,
+            args.batch_size,
+            args.steps,
+            args.json,
+            args.precision,
+            args.conv_route,
+        )
         return
     frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
     cases = (
@@ -369,7 +405,7 @@ def main() -> None:
     )
     rows = []
     for model, size, batch in cases:
-        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats))
+        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route))
         print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
     loader = bench_loader(max(s for _, s, _ in cases), 32)
     print()

@@ -22,6 +22,9 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=3)
     p.add_argument("--freeze", default="none", help="count these layers as frozen (as in training)")
+    p.add_argument(
+        "--conv-route", choices=["cpu", "xla", "im2col"], help="JAX convolution route (default: the backend's)"
+    )
     args = p.parse_args()
     if args.image_size < 1 or args.num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
@@ -33,7 +36,8 @@ def main() -> None:
             from jaxvgg.models import create_model, variable_shapes
             from jaxvgg.summary import flax_summary
 
-            model = create_model(args.model, args.num_classes, **options)
+            model = create_model(args.model, args.num_classes, conv_route=args.conv_route, **options)
+            route = f", convolutions by the {model.conv_route} route"
             summary = flax_summary(model, variable_shapes(model, args.image_size), args.image_size, is_frozen)
         else:
             try:
@@ -43,11 +47,13 @@ def main() -> None:
             except ImportError as e:
                 raise UserError("--framework torch needs PyTorch: pip install -e '.[torch]'") from e
             model = torchref.create_model(args.model, args.num_classes, **options)
+            route = ""
             freeze(model, is_frozen)
             summary = torch_summary(model, args.image_size)
     except ValueError as e:
         raise UserError(str(e)) from e
-    print(f"{args.model} ({args.framework}), input 3x{args.image_size}x{args.image_size}, {args.num_classes} classes")
+    size = f"{args.image_size}x{args.image_size}"
+    print(f"{args.model} ({args.framework}), input 3x{size}, {args.num_classes} classes{route}")
     print(summary.format())
 
 

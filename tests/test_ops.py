@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import jaxvgg
 from jaxvgg.ops import conv as ops
 
 CASES = [  # (batch, size, in, out, kernel, stride, padding, groups)
@@ -34,14 +35,16 @@ def reference(x, k, stride, padding, groups):
     )
 
 
-@pytest.mark.parametrize("lowering", ops.LOWERINGS)
+@pytest.mark.parametrize("route", ops.ROUTES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_every_lowering_matches_a_float64_convolution(monkeypatch, lowering, case):
+def test_every_route_matches_a_float64_convolution(route, case):
     n, size, cin, cout, k, stride, padding, groups = case
-    monkeypatch.setenv("JAXVGG_CONV", lowering)
     rng = np.random.RandomState(0)
     x = rng.randn(n, size, size, cin).astype(np.float32)
     w = (rng.randn(k, k, cin // groups, cout) / np.sqrt(k * k * cin / groups)).astype(np.float32)
+
+    def conv(x, w):
+        return ops.conv2d(x, w, stride=stride, padding=padding, groups=groups, route=route)
 
     def loss(f, x, w):
         y = f(x, w)
@@ -49,14 +52,14 @@ def test_every_lowering_matches_a_float64_convolution(monkeypatch, lowering, cas
 
     ours = jax.jit(
         jax.grad(
-            lambda x, w: loss(lambda a, b: ops.conv2d(a, b, stride=stride, padding=padding, groups=groups), x, w),
+            lambda x, w: loss(conv, x, w),
             argnums=(0, 1),
             has_aux=True,
         )
     )
     (gx, gw), y = ours(x, w)
     # Not differentiated, a convolution may take another route (XLA's on large maps): check it too.
-    y_eval = jax.jit(lambda x, w: ops.conv2d(x, w, stride=stride, padding=padding, groups=groups))(x, w)
+    y_eval = jax.jit(conv)(x, w)
     with jax.enable_x64(True):
         (rx, rw), ry = jax.grad(
             lambda x, w: loss(lambda a, b: reference(a, b, stride, padding, groups), x, w), argnums=(0, 1), has_aux=True
@@ -67,10 +70,25 @@ def test_every_lowering_matches_a_float64_convolution(monkeypatch, lowering, cas
         assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
 
 
-def test_unknown_lowering_is_refused(monkeypatch):
-    monkeypatch.setenv("JAXVGG_CONV", "fft")
-    with pytest.raises(ValueError, match="JAXVGG_CONV='fft'"):
-        ops.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)))
+def test_unknown_route_is_refused():
+    with pytest.raises(ValueError, match="convolution route 'fft'"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), route="fft")
+    with pytest.raises(ValueError, match="convolution route 'fft'"):
+        jaxvgg.create_model("student_cnn", 3, image_size=32, conv_route="fft")
+
+
+@pytest.mark.parametrize(("platform", "route"), [("cpu", "cpu"), ("gpu", "xla"), ("cuda", "xla"), ("tpu", "xla")])
+def test_the_route_is_chosen_for_the_platform_when_the_model_is_built(platform, route):
+    assert ops.route_for_platform(platform) == route
+    assert jaxvgg.create_model("vgg16_gap", 3).conv_route == ops.route_for_platform(jax.default_backend())
+    forced = jaxvgg.create_model("vgg16_dsconv", 3, conv_route="im2col")
+    assert forced.conv_route == "im2col"
+    # The route is a field of the module, so jit traces (and caches) each route on its own.
+    x = np.random.RandomState(0).randn(1, 32, 32, 3).astype(np.float32)
+    model_a, model_b = (jaxvgg.create_model("student_cnn", 3, image_size=32, conv_route=r) for r in ("cpu", "xla"))
+    variables = jaxvgg.init_variables(model_a, 32)
+    apply = jax.jit(lambda m, v, x: m.apply(v, x), static_argnums=0)
+    np.testing.assert_allclose(apply(model_a, variables, x), apply(model_b, variables, x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("size", "k", "s", "p"), [(8, 2, 2, 0), (7, 2, 2, 0), (9, 3, 2, 1)])
@@ -85,3 +103,14 @@ def test_max_pool_matches_a_windowed_max_and_its_gradient(size, k, s, p):
         )
     )(jnp.asarray(x))
     np.testing.assert_allclose(g, gw, rtol=1e-6)  # random values: no ties
+
+
+def test_a_forced_route_reaches_the_model_and_a_bad_one_is_a_flag_error():
+    from jaxvgg.core.config import TrainConfig, validate_values
+    from jaxvgg.core.errors import UserError
+    from jaxvgg.train.loop import model_options
+
+    assert "conv_route" not in model_options(TrainConfig(model="vgg16_gap"))  # auto: the backend's
+    assert model_options(TrainConfig(model="vgg16_gap", conv_route="xla"))["conv_route"] == "xla"
+    with pytest.raises(UserError, match="--conv-route 'fft'"):
+        validate_values(TrainConfig(conv_route="fft"))

@@ -64,7 +64,7 @@ def test_class_weighted_loss_and_its_gradient_equal_torchs():
 def test_gradients_agree(name):
     """In float64 on both sides, so the test sees the maths and not a float32 near-tie: rounding in
     float32 can flip a max-pool decision between two equal-looking values (measured: with
-    JAXVGG_CONV=xla vs im2col, 1 of the 8,192 windows of vgg16_gap's 4th pool flips at 32 px,
+    conv_route xla vs im2col, 1 of the 8,192 windows of vgg16_gap's 4th pool flips at 32 px,
     which moves the first layer's float32 gradient by 1%), whichever framework computes it."""
     size = 32
     x = np.random.RandomState(0).randn(4, 3, size, size)

@@ -17,6 +17,7 @@ from jaxvgg.core.specs import MODELS, get_spec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+CONV_ROUTES = ("auto", "cpu", "xla", "im2col")  # auto: jaxvgg.ops.conv.route_for_platform
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
     log_every: int = 10  # read the training metrics back every N steps (not every step: no wait per step)
     precision: str = "fp32"  # fp32, or bf16: bfloat16 compute, float32 weights, optimizer and loss
+    conv_route: str = "auto"  # JAX convolutions: auto (the backend's), cpu, xla or im2col
     devices: int | None = None  # data-parallel over this many devices (default: all)
     coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
     num_processes: int = 1
@@ -111,6 +113,7 @@ def _typed(name: str, kind: str, value: Any, source: str | Path) -> Any:
 # Settings of one invocation rather than of the run: --resume takes these from the command line.
 INVOCATION_SETTINGS = (
     "max_steps",
+    "conv_route",
     "log_every",
     "workers",
     "devices",
@@ -193,6 +196,8 @@ _HELP = {
     "teacher": "knowledge distillation: a trained run folder (JAX or PyTorch) whose model teaches this one",
     "temperature": "distillation temperature T",
     "alpha": "distillation: weight of the teacher term (1 - alpha weighs the labels)",
+    "conv_route": "how JAX computes convolutions: auto (cpu on a CPU, XLA's own, i.e. cuDNN, on a GPU/TPU), "
+    "cpu (im2col GEMMs tuned for XLA:CPU), xla or im2col; PyTorch ignores it",
     "precision": "fp32, or bf16 (mixed: bfloat16 compute, float32 master weights, optimizer and loss; torch: autocast)",
     "devices": "data-parallel over the first N devices (default: all; --batch-size is the global batch)",
     "coordinator": "multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
@@ -318,6 +323,8 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError(f"--split {cfg.split!r}: choose stratified or random")
     if cfg.workers is not None and cfg.workers < 0:
         raise UserError(f"--workers {cfg.workers}: must be 0 or more")
+    if cfg.conv_route not in CONV_ROUTES:
+        raise UserError(f"--conv-route {cfg.conv_route!r}: choose one of {', '.join(CONV_ROUTES)}")
     if cfg.precision not in ("fp32", "bf16"):
         raise UserError(f"--precision {cfg.precision!r}: choose fp32 or bf16")
     if not 0.0 <= cfg.prune_amount < 1.0:

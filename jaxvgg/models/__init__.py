@@ -12,6 +12,7 @@ import numpy as np
 from jaxvgg.core.specs import MODELS, get_spec
 from jaxvgg.models.resnet import ResNet
 from jaxvgg.models.vgg import VGG
+from jaxvgg.ops.conv import check_route, route_for_platform
 
 Variables = dict[str, Any]
 
@@ -24,14 +25,17 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
     """A Flax module whose ``apply(variables, x, train=False)`` maps NHWC float32 images to logits.
 
     Options: ``image_size`` (models without an adaptive pool size their first FC layer by it;
-    default 224) and ``dtype`` (compute dtype, e.g. ``jnp.bfloat16``; parameters stay float32).
+    default 224), ``dtype`` (compute dtype, e.g. ``jnp.bfloat16``; parameters stay float32) and
+    ``conv_route`` (how convolutions are computed, :data:`jaxvgg.ops.conv.ROUTES`; default: the
+    route for the backend JAX runs on, :func:`jaxvgg.ops.conv.route_for_platform`).
     """
     spec = get_spec(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    unknown = set(options) - {"image_size", "dtype"}
+    unknown = set(options) - {"image_size", "dtype", "conv_route"}
     if unknown:
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    options["conv_route"] = check_route(options.get("conv_route") or route_for_platform(jax.default_backend()))
     if spec.family == "vgg":
         return VGG(spec, num_classes=num_classes, **options)
     if spec.family == "resnet":

@@ -48,6 +48,7 @@ class Conv2d(nn.Module):
     bias: bool = True
     init: str = "torch"  # "torch" defaults or "torchvision" (kaiming fan-out, zero bias)
     dtype: jnp.dtype | None = None  # compute dtype; parameters stay float32
+    route: str = "cpu"  # how the convolution is computed (jaxvgg.ops.conv.ROUTES)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -57,7 +58,14 @@ class Conv2d(nn.Module):
         kernel_init = kaiming_fan_out() if self.init == "torchvision" else torch_default_kernel_init()
         kernel = self.param("kernel", kernel_init, (k, k, in_channels // self.groups, self.out_channels))
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), stride=self.stride, padding=self.padding, groups=self.groups)
+        y = conv2d(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            stride=self.stride,
+            padding=self.padding,
+            groups=self.groups,
+            route=self.route,
+        )
         if self.bias:
             bias_init = nn.initializers.zeros if self.init == "torchvision" else torch_default_bias_init(fan_in)
             y = y + self.param("bias", bias_init, (self.out_channels,)).astype(dtype)
@@ -154,12 +162,13 @@ class DSConv(nn.Module):
     out_channels: int
     init: str = "torch"
     dtype: jnp.dtype | None = None
+    route: str = "cpu"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        x = Conv2d(c, 3, padding=1, groups=c, init=self.init, dtype=self.dtype, name="depthwise")(x)
-        return Conv2d(self.out_channels, 1, init=self.init, dtype=self.dtype, name="pointwise")(x)
+        x = Conv2d(c, 3, padding=1, groups=c, init=self.init, dtype=self.dtype, route=self.route, name="depthwise")(x)
+        return Conv2d(self.out_channels, 1, init=self.init, dtype=self.dtype, route=self.route, name="pointwise")(x)
 
 
 def flatten(x: jax.Array) -> jax.Array:

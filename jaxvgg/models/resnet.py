@@ -31,20 +31,19 @@ class Bottleneck(nn.Module):
     project: bool = False  # 1x1 conv + BatchNorm on the shortcut (torchvision's `downsample`)
     expansion: int = 4
     dtype: jnp.dtype | None = None
+    conv_route: str = "cpu"
 
     def setup(self) -> None:
-        w, d = self.width, self.dtype
-        self.conv1 = Conv2d(w, 1, bias=False, init="torchvision", dtype=d)
+        w, conv = self.width, {"bias": False, "init": "torchvision", "dtype": self.dtype, "route": self.conv_route}
+        self.conv1 = Conv2d(w, 1, **conv)
         self.bn1 = BatchNorm2d()
-        self.conv2 = Conv2d(w, 3, stride=self.stride, padding=1, bias=False, init="torchvision", dtype=d)
+        self.conv2 = Conv2d(w, 3, stride=self.stride, padding=1, **conv)
         self.bn2 = BatchNorm2d()
-        self.conv3 = Conv2d(w * self.expansion, 1, bias=False, init="torchvision", dtype=d)
+        self.conv3 = Conv2d(w * self.expansion, 1, **conv)
         self.bn3 = BatchNorm2d()
         self.relu = ReLU()
         self.downsample = (
-            [Conv2d(w * self.expansion, 1, stride=self.stride, bias=False, init="torchvision", dtype=d), BatchNorm2d()]
-            if self.project
-            else []
+            [Conv2d(w * self.expansion, 1, stride=self.stride, **conv), BatchNorm2d()] if self.project else []
         )
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,10 +58,12 @@ class ResNet(nn.Module):
     layers: tuple[int, int, int, int] = RESNET_BLOCKS
     num_classes: int = 1000
     dtype: jnp.dtype | None = None
+    conv_route: str = "cpu"  # how convolutions are computed (jaxvgg.ops.conv.ROUTES); no torch counterpart
 
     def setup(self) -> None:
         d = self.dtype
-        self.conv1 = Conv2d(64, 7, stride=2, padding=3, bias=False, init="torchvision", dtype=d)
+        conv = {"bias": False, "init": "torchvision", "dtype": d, "route": self.conv_route}
+        self.conv1 = Conv2d(64, 7, stride=2, padding=3, **conv)
         self.bn1 = BatchNorm2d()
         self.relu = ReLU()
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -75,8 +76,9 @@ class ResNet(nn.Module):
 
     def make_layer(self, width: int, blocks: int, stride: int) -> list[Bottleneck]:
         # Every stage's first block changes the width (x4) or the stride, so it always downsamples.
-        return [Bottleneck(width, stride, project=True, dtype=self.dtype)] + [
-            Bottleneck(width, dtype=self.dtype) for _ in range(1, blocks)
+        options = {"dtype": self.dtype, "conv_route": self.conv_route}
+        return [Bottleneck(width, stride, project=True, **options)] + [
+            Bottleneck(width, **options) for _ in range(1, blocks)
         ]
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -22,13 +22,14 @@ from jaxvgg.models.layers import (
 )
 
 
-def make_layers(cfg: str, batch_norm: bool, separable: bool, init: str, dtype=None) -> list[nn.Module]:
+def make_layers(cfg: str, batch_norm: bool, separable: bool, init: str, dtype=None, route="cpu") -> list[nn.Module]:
     layers: list[nn.Module] = []
     for v in CFGS[cfg]:
         if v == "M":
             layers += [MaxPool2d(kernel_size=2, stride=2)]
         else:
-            conv = DSConv(v, init=init, dtype=dtype) if separable else Conv2d(v, 3, padding=1, init=init, dtype=dtype)
+            conv_options = {"init": init, "dtype": dtype, "route": route}
+            conv = DSConv(v, **conv_options) if separable else Conv2d(v, 3, padding=1, **conv_options)
             layers += [conv, BatchNorm2d(), ReLU()] if batch_norm else [conv, ReLU()]
     return layers
 
@@ -49,10 +50,11 @@ class VGG(nn.Module):
     num_classes: int = 3
     image_size: int = 224  # only shapes the first FC layer of heads without an adaptive pool
     dtype: jnp.dtype | None = None  # compute dtype (None: the input's); parameters stay float32
+    conv_route: str = "cpu"  # how convolutions are computed (jaxvgg.ops.conv.ROUTES); no torch counterpart
 
     def setup(self) -> None:
         spec = self.spec
-        self.features = make_layers(spec.cfg, spec.batch_norm, spec.separable, spec.init, self.dtype)
+        self.features = make_layers(spec.cfg, spec.batch_norm, spec.separable, spec.init, self.dtype, self.conv_route)
         pool = HEADS[spec.head].pool
         self.avgpool = AdaptiveAvgPool2d(pool) if pool is not None else None
         self.classifier = make_classifier(spec, self.num_classes, self.image_size, self.dtype)

@@ -1,33 +1,40 @@
-"""The one 2-D convolution every model calls.
+"""The one 2-D convolution every model calls, by one of several routes.
 
-Keeping it in one place lets the lowering be chosen (``JAXVGG_CONV``, see the performance
-issue) without touching any model: the models only ever call :func:`conv2d`.
+The route is a field of each convolution layer, chosen when the model is built
+(:func:`jaxvgg.models.create_model`'s ``conv_route``; by default :func:`route_for_platform`),
+so it is part of what ``jax.jit`` traces and caches, never a switch read behind its back.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-# "auto" (default): im2col + one GEMM for dense convolutions (XLA's own forward convolution for
-# stride-1 ones on large maps when not differentiated); shifted products for depthwise ones.
-# "xla": lax.conv_general_dilated for everything. "im2col": im2col for dense convolutions, XLA
-# for grouped ones.
-LOWERINGS = ("auto", "xla", "im2col")
-# Output maps of at least this many pixels (height x width) take the XLA-forward route under "auto".
+# "cpu": tuned for XLA:CPU (docs/performance.md): im2col + one GEMM for dense convolutions
+# (XLA's own forward convolution for stride-1 ones on large maps when not differentiated) and
+# shifted products for depthwise ones. "xla": lax.conv_general_dilated for everything, which is
+# cuDNN on a GPU. "im2col": im2col for dense convolutions, XLA for grouped ones.
+ROUTES = ("cpu", "xla", "im2col")
+# Output maps of at least this many pixels (height x width) take the XLA-forward route under "cpu".
 XLA_FORWARD_MIN_PIXELS = 56 * 56
 
 
-def lowering() -> str:
-    """The lowering chosen by ``JAXVGG_CONV`` (read at trace time)."""
-    value = os.environ.get("JAXVGG_CONV", "auto")
-    if value not in LOWERINGS:
-        raise ValueError(f"JAXVGG_CONV={value!r}: choose one of {', '.join(LOWERINGS)}")
-    return value
+def route_for_platform(platform: str) -> str:
+    """The route for a JAX backend: the CPU-tuned one on ``cpu``, XLA's own (cuDNN, TPU) elsewhere.
+
+    im2col materialises every patch: on a GPU its temporaries cost ~3x the memory of XLA's route
+    (vgg16_manual train step, batch 32, 224 px: 13.7 GB against 4.4 GB) for no speed gain.
+    """
+    return "cpu" if platform == "cpu" else "xla"
+
+
+def check_route(route: str) -> str:
+    if route not in ROUTES:
+        raise ValueError(f"convolution route {route!r}: choose one of {', '.join(ROUTES)}")
+    return route
 
 
 def conv2d(
@@ -37,15 +44,16 @@ def conv2d(
     stride: int = 1,
     padding: int = 0,
     groups: int = 1,
+    route: str = "cpu",
 ) -> jax.Array:
-    """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups)."""
+    """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups), by ``route``."""
     kernel = kernel.astype(x.dtype)
-    choice = lowering()
-    if groups == 1 and choice == "auto" and _large_stride1(x, kernel, stride, padding):
+    check_route(route)
+    if groups == 1 and route == "cpu" and _large_stride1(x, kernel, stride, padding):
         return _xla_forward_conv(x, kernel, padding)
-    if groups == 1 and choice in ("auto", "im2col"):
+    if groups == 1 and route in ("cpu", "im2col"):
         return _im2col_conv(x, kernel, stride, padding)
-    if choice == "auto" and groups == x.shape[-1] == kernel.shape[-1]:
+    if route == "cpu" and groups == x.shape[-1] == kernel.shape[-1]:
         return _depthwise_conv(x, kernel, stride, padding)
     return _xla_conv(x, kernel, stride, padding, groups)
 

@@ -30,6 +30,7 @@ from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import get_spec
 from jaxvgg.core.weights import StateDict, WeightReader
 from jaxvgg.data import Loader, Pipeline
+from jaxvgg.ops.conv import route_for_platform
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.checkpoint import load_variables, read_jax_weights
@@ -40,10 +41,13 @@ from jaxvgg.transfer import param_labels, starting_variables
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
-    """``image_size`` for models that need it; bfloat16 compute for ``--precision bf16``."""
+    """``image_size`` for models that need it; bfloat16 compute for ``--precision bf16``; a forced
+    ``--conv-route`` (otherwise the model takes its backend's)."""
     options: dict[str, Any] = {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
     if cfg.precision == "bf16":
         options["dtype"] = jnp.bfloat16
+    if cfg.conv_route != "auto":
+        options["conv_route"] = cfg.conv_route
     return options
 
 
@@ -151,6 +155,7 @@ class JaxTrainer:
         )
         self.batches_per_epoch = len(self.train_loader)
         self.device = jax.devices()[0].platform
+        self.conv_route = model_options(cfg).get("conv_route") or route_for_platform(jax.default_backend())
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights)
         self.state = par.replicate(state)
         self.steps = 0
@@ -178,7 +183,7 @@ class JaxTrainer:
             f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
             f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
             f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
-            f"images, {self.par.size} {self.device} device(s)"
+            f"images, {self.par.size} {self.device} device(s), convolutions by the {self.conv_route} route"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
         )
 
