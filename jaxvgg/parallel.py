@@ -97,9 +97,11 @@ class DataParallel:
         return jax.device_put(tree, self.replicated)
 
     def compile_steps(self, train_step: Callable, eval_step: Callable) -> tuple[Callable, Callable]:
-        """Jitted steps with the state replicated (donated) and every output replicated."""
+        """Jitted ``train_step(state, batch, aux)`` and ``eval_step(state, batch)``: the state (donated)
+        and ``aux`` replicated, the batch sharded, every output replicated. Use
+        :func:`jaxvgg.train.steps.compile_steps`, which binds the loss."""
         rep, data = self.replicated, self.batch_sharding
-        train = jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+        train = jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
         evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
         return train, evaluate
 

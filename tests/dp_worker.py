@@ -59,7 +59,7 @@ def main() -> None:
     model = SmallBNNet()
     variables = model.init(jax.random.key(0), np.zeros((1, SIZE, SIZE, 3), np.float32))
     state = par.replicate(create_train_state(model, variables, make_optimizer("adam", 1e-2, 1e-5)))
-    train_step, _ = par.compile_steps(steps.train_step, steps.eval_step)
+    train_step, _ = steps.compile_steps(parallel=par)
     rng = np.random.RandomState(0)  # every process draws the same global batches
     index, count = jax.process_index(), jax.process_count()
     rows = slice(index * GLOBAL_BATCH // count, (index + 1) * GLOBAL_BATCH // count)

@@ -1,9 +1,7 @@
 """torchref training, its run folder, and the cross-framework tools (needs torch)."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from helpers import one_line_error, run_script
@@ -115,9 +113,8 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
 
 
 def test_bench_repeats_take_medians_and_keep_errors():
-    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "scripts" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from jaxvgg.tools import bench
+
     runs = [
         {"first_step_s": f, "train_step_s": t, "eval_step_s": e, "eval_first_s": 1.0, "peak_rss_mb": m, "device": "cpu"}
         for f, t, e, m in ((3.0, 0.5, 0.2, 100), (2.0, 0.1, 0.4, 300), (9.0, 0.3, 0.3, 200))

@@ -128,8 +128,8 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     real = steps_module.train_step
 
-    def poisoned(state, batch, **kw):
-        state, m = real(state, batch, **kw)
+    def poisoned(state, batch, aux=None, **kw):
+        state, m = real(state, batch, aux, **kw)
         bad = jnp.where(state.step > 9, jnp.nan, m["loss_sum"])  # second epoch
         return state, {**m, "loss_sum": bad}
 

@@ -2,25 +2,22 @@
 
 loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
 
-The T^2 keeps the soft term's gradients on the scale of the hard term's as T changes. The
-teacher runs inside the compiled train step (see :mod:`jaxvgg.train.steps`), once per batch.
+The T^2 keeps the soft term's gradients on the scale of the hard term's as T changes.
+:func:`distillation` is a loss for :func:`jaxvgg.train.steps.train_step`: the teacher's
+variables come in as the step's ``aux`` argument (never part of the trained state), and the
+teacher runs inside the compiled step, once per batch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxvgg.models.layers import at_least_float32
-
-
-@dataclasses.dataclass(frozen=True)
-class Distillation:
-    temperature: float = 4.0
-    alpha: float = 0.7
 
 
 def distillation_loss(
@@ -40,3 +37,13 @@ def distillation_loss(
     per_example = alpha * temperature**2 * kl + (1 - alpha) * ce
     total = jnp.sum(per_example * weight)
     return total / jnp.maximum(jnp.sum(weight), 1.0), total
+
+
+def distillation(teacher_apply: Callable, temperature: float, alpha: float) -> Callable:
+    """A ``LossFn`` (:mod:`jaxvgg.train.steps`) whose ``aux`` is the teacher's variables."""
+
+    def loss(logits: jax.Array, batch: dict[str, jax.Array], images: jax.Array, teacher: Any):
+        teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher, images, train=False))
+        return distillation_loss(logits, teacher_logits, batch["label"], batch["weight"], temperature, alpha)
+
+    return loss

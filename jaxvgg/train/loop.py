@@ -7,7 +7,6 @@ the few functions the driver calls.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 import jaxvgg
 from jaxvgg.compress import prune
-from jaxvgg.compress.distill import Distillation
+from jaxvgg.compress.distill import distillation
 from jaxvgg.convert import flax_to_torch, torch_to_flax
 from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
@@ -81,15 +80,7 @@ def build_state(
     if cfg.prune_amount:
         tx = optax.chain(tx, prune.keep_zeros())
     apply_fn = frozen_batchnorm_apply(model.apply, is_frozen)
-    state = create_train_state(model, variables, tx, cfg.seed, apply_fn)
-    if cfg.teacher:
-        teacher_model, teacher_variables = load_teacher(cfg, num_classes, read_weights)
-        state = state.replace(
-            teacher=teacher_variables,
-            teacher_apply=teacher_model.apply,
-            distillation=Distillation(cfg.temperature, cfg.alpha),
-        )
-    return state
+    return create_train_state(model, variables, tx, cfg.seed, apply_fn)
 
 
 def load_teacher(cfg: TrainConfig, num_classes: int, read_weights: WeightReader) -> tuple[Any, dict[str, Any]]:
@@ -159,9 +150,14 @@ class JaxTrainer:
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights)
         self.state = par.replicate(state)
         self.steps = 0
-        weights = class_weights(ctx)
-        step_fn = steps.train_step if weights is None else functools.partial(steps.train_step, class_weights=weights)
-        self.compiled_train_step, self.eval_step = par.compile_steps(step_fn, steps.eval_step)
+        weights = class_weights(ctx)  # says so when --teacher leaves them out
+        self.aux = None
+        loss_fn = steps.cross_entropy_loss(weights)
+        if cfg.teacher:
+            teacher, teacher_variables = load_teacher(cfg, len(ctx.classes), read_weights)
+            loss_fn = distillation(teacher.apply, cfg.temperature, cfg.alpha)
+            self.aux = par.replicate(teacher_variables)
+        self.compiled_train_step, self.eval_step = steps.compile_steps(loss_fn, par)
 
     def _loader(self, subset: str) -> Loader:
         samples = self.ctx.split.samples(subset)
@@ -183,8 +179,9 @@ class JaxTrainer:
             f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
             f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
             f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
-            f"images, {self.par.size} {self.device} device(s), convolutions by the {self.conv_route} route"
+            f"images, {self.par.size} {self.device} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f", convolutions by the {self.conv_route} route"
         )
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
@@ -195,7 +192,7 @@ class JaxTrainer:
         return epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
 
     def train_step(self, batch: Any) -> Any:
-        self.state, m = self.compiled_train_step(self.state, self.par.shard(batch.as_dict()))
+        self.state, m = self.compiled_train_step(self.state, self.par.shard(batch.as_dict()), self.aux)
         self.steps += 1
         return (m["loss_sum"], m["correct"], m["count"])  # still on the device
 

@@ -10,7 +10,6 @@ import flax.struct
 import jax
 import optax
 
-from jaxvgg.compress.distill import Distillation
 from jaxvgg.models import Variables
 
 
@@ -22,10 +21,6 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array  # raw uint32 key data; dropout keys are folded from it per step
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-    # Knowledge distillation: the teacher's variables (never trained) and how to run it.
-    teacher: Any = None
-    teacher_apply: Callable | None = flax.struct.field(pytree_node=False, default=None)
-    distillation: Distillation | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def variables(self) -> Variables:

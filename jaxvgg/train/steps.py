@@ -7,15 +7,17 @@ averages are exact whatever the batch sizes and padding.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvgg.compress.distill import distillation_loss
 from jaxvgg.data.normalize import normalize
 from jaxvgg.models.layers import at_least_float32
+from jaxvgg.parallel import DataParallel
 from jaxvgg.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -42,33 +44,38 @@ def _metrics(logits: jax.Array, batch: Batch, loss_sum: jax.Array) -> dict[str, 
     return {"loss_sum": loss_sum, "correct": jnp.sum(correct), "count": jnp.sum(batch["weight"])}
 
 
+# (logits, batch, normalised images, aux) -> (the mean loss to minimise, loss x examples for the
+# epoch sums). ``aux`` is whatever else the loss reads, passed to every step: a teacher's variables.
+LossFn = Callable[[jax.Array, Batch, jax.Array, Any], tuple[jax.Array, jax.Array]]
+
+
+def cross_entropy_loss(class_weights: Sequence[float] | None = None) -> LossFn:
+    """The tutorial's loss, class-weighted like ``nn.CrossEntropyLoss(weight=...)`` when asked."""
+
+    def loss(logits: jax.Array, batch: Batch, images: jax.Array, aux: Any) -> tuple[jax.Array, jax.Array]:
+        return cross_entropy(logits, batch["label"], batch["weight"], class_weights)
+
+    return loss
+
+
 def train_step(
-    state: TrainState, batch: Batch, class_weights: jax.Array | None = None
+    state: TrainState, batch: Batch, aux: Any = None, *, loss_fn: LossFn
 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on ``loss_fn``; bind ``loss_fn`` with :func:`functools.partial` before jit."""
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images = normalize(batch["image"])
 
-    teacher_logits = None
-    if state.teacher_apply is not None:  # once per batch, inside the compiled step
-        teacher_logits = jax.lax.stop_gradient(state.teacher_apply(state.teacher, images, train=False))
-
-    def loss_fn(params: Any):
+    def objective(params: Any):
         variables = {"params": params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         logits, updates = state.apply_fn(
             variables, images, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
         )
-        if teacher_logits is None:
-            loss, loss_sum = cross_entropy(logits, batch["label"], batch["weight"], class_weights)
-        else:
-            d = state.distillation
-            loss, loss_sum = distillation_loss(
-                logits, teacher_logits, batch["label"], batch["weight"], d.temperature, d.alpha
-            )
+        loss, loss_sum = loss_fn(logits, batch, images, aux)
         return loss, (logits, loss_sum, updates.get("batch_stats", {}))
 
-    grads, (logits, loss_sum, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (logits, loss_sum, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
@@ -82,6 +89,15 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     return {**_metrics(logits, batch, loss_sum), "logits": logits, "label": batch["label"], "weight": batch["weight"]}
 
 
-def compile_steps(donate: bool = True):
-    """The jitted steps; the train step donates the incoming state, so it is updated in place."""
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ()), jax.jit(eval_step)
+def compile_steps(loss_fn: LossFn | None = None, parallel: DataParallel | None = None) -> tuple[Callable, Callable]:
+    """The jitted ``train_step(state, batch, aux=None)`` and ``eval_step(state, batch)`` that
+    training, ``bench.py`` and the tests all run: state replicated over ``parallel``'s devices (one
+    device by default) and donated, batches sharded along its ``data`` axis."""
+    par = parallel or DataParallel.create(1)
+    step = functools.partial(train_step, loss_fn=loss_fn or cross_entropy_loss())
+    compiled_train, compiled_eval = par.compile_steps(step, eval_step)
+
+    def train(state: TrainState, batch: Batch, aux: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+        return compiled_train(state, batch, aux)
+
+    return train, compiled_eval

@@ -1,0 +1,429 @@
+"""Time the train step and the eval step of JAX and PyTorch on the same model, batch and data.
+
+Both sides time what training runs: JAX the state of :func:`jaxvgg.train.loop.build_state` and
+the steps of :func:`jaxvgg.train.steps.compile_steps`, torch :func:`torchref.train.train_one_batch`.
+
+    python scripts/bench.py --model vgg16 --image-size 32 --batch-size 32 [--framework both] [--precision bf16]
+    python scripts/bench.py --sweep        # vgg16, vgg16_gap, vgg16_dsconv, student_cnn, resnet50 at 32/64/112/224 px
+    python scripts/bench.py --sweep --models vgg16 resnet50 --sizes 32 64
+
+Prints a table and writes JSON (--json). Each framework runs in its own child process, so peak
+memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
+is the time to the first finished train step, compilation included (the persistent compilation
+cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply-adds x 3
+(forward + two backward products) per training image; "%pk" divides it by the device's peak
+(GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
+--repeats N runs each framework N times, alternating, and reports medians: use it on a shared
+machine, where identical runs differ by up to 40%. --conv-route picks the JAX convolution route
+(default: the backend's, cpu on CPUs, xla elsewhere; jaxvgg.ops.conv). Both children apply the
+scripts' allocator settings (jaxvgg.core.hostmem; JAXVGG_MALLOC=0 turns them off in both). The
+training loader's images/s is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Dense peak FLOP/s per GPU (vendor figures, SXM parts): fp32 without tensor cores, bf16 with.
+GPU_PEAK_TFLOPS = {
+    "H100": {"fp32": 66.9, "bf16": 989.4},
+    "H200": {"fp32": 66.9, "bf16": 989.4},
+    "A100": {"fp32": 19.5, "bf16": 312.0},
+}
+
+SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn", "resnet50")
+SWEEP_SIZES = {32: 32, 64: 16, 112: 8, 224: 4}  # image size -> batch size on a 2-core CPU
+
+
+def batch_data(batch_size: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8),
+        rng.integers(0, 3, batch_size).astype(np.int32),
+    )
+
+
+def cpu_peak_gflops() -> tuple[float, str] | None:
+    """Nominal fp32 peak of the CPUs this process may use: vCPUs x clock x FLOPs per cycle from
+    the widest FMA the CPU reports (AVX-512: 2 x 16 x 2, AVX2+FMA: 2 x 8 x 2). Linux only; it
+    counts SMT siblings as cores, so on a VM whose vCPUs are hyperthreads the true peak is lower."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    if not mhz:
+        return None
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 8
+    cpus = len(os.sched_getaffinity(0))
+    return cpus * max(mhz) / 1e3 * per_cycle, f"{cpus} vCPUs x {max(mhz):.0f} MHz x {per_cycle} FLOP/cycle"
+
+
+def peak_gflops(device: str, precision: str) -> tuple[float, str] | None:
+    """Peak FLOP/s of the device a child ran on, where it can be known."""
+    for name, peaks in GPU_PEAK_TFLOPS.items():
+        if name in device.upper():
+            return peaks[precision] * 1e3, f"{name} dense {precision} peak"
+    if device.lower() == "cpu":
+        return cpu_peak_gflops()
+    return None
+
+
+def timed(fn, steps: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    fn()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def bench_jax(
+    model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32", conv_route: str | None = None
+) -> dict:
+    """The training run's state (build_state) and compiled steps (compile_steps), timed."""
+    import jax
+
+    from jaxvgg.core.config import TrainConfig
+    from jaxvgg.ops.conv import route_for_platform
+    from jaxvgg.train.loop import build_state, model_options
+    from jaxvgg.train.steps import compile_steps
+
+    cfg = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, lr=1e-4, precision=precision)
+    if conv_route:
+        cfg.conv_route = conv_route
+    state = build_state(cfg, 3, steps_per_epoch=1)
+    images, labels = batch_data(batch_size, image_size)
+    batch = {
+        "image": jax.device_put(images),
+        "label": jax.device_put(labels),
+        "weight": jax.device_put(np.ones(batch_size, np.float32)),
+    }
+    train_step, eval_step = compile_steps()
+    holder = {"state": state}
+
+    def train():
+        holder["state"], metrics = train_step(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    first, train_times = timed(train, steps)
+    eval_first, eval_times = timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), steps)
+
+    return {
+        "first_step_s": first,
+        "train_step_s": statistics.median(train_times),
+        "eval_step_s": statistics.median(eval_times),
+        "eval_first_s": eval_first,
+        "device": jax.devices()[0].device_kind,
+        "conv_route": model_options(cfg).get("conv_route") or route_for_platform(jax.default_backend()),
+        "precision": precision,
+    }
+
+
+def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32") -> dict:
+    import torch
+
+    import torchref
+    from jaxvgg.core.config import TrainConfig
+    from jaxvgg.core.specs import get_spec
+    from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from torchref.device import pick_device
+    from torchref.precision import autocast, prepare, to_device
+    from torchref.train import cross_entropy_loss, make_optimizer, train_one_batch
+
+    device = pick_device()
+    options = {"image_size": image_size} if get_spec(model).sized else {}
+    net = prepare(torchref.create_model(model, 3, **options).to(device), device)
+    opt = make_optimizer(TrainConfig(model=model, lr=1e-4), net.parameters())
+    images, labels = batch_data(batch_size, image_size)
+    x_u8 = torch.from_numpy(images).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def inputs():
+        return to_device((x_u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    loss_fn = cross_entropy_loss(None, device)
+
+    def train():
+        net.train()
+        train_one_batch(net, inputs(), y, opt, loss_fn, precision)  # the training run's step
+        sync()
+
+    def evaluate():
+        net.eval()
+        with torch.no_grad(), autocast(device, precision):
+            net(inputs()).argmax(1)
+        sync()
+
+    first, train_times = timed(train, steps)
+    eval_first, eval_times = timed(evaluate, steps)
+    return {
+        "first_step_s": first,
+        "train_step_s": statistics.median(train_times),
+        "eval_step_s": statistics.median(eval_times),
+        "eval_first_s": eval_first,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+    }
+
+
+def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | None:
+    """Images/s of the training loader (augmentation on) on the cached built-in dataset, if present."""
+    from jaxvgg.core.cache import cache_dir
+    from jaxvgg.data import Loader, Pipeline, scan_image_folder
+
+    roots = sorted(cache_dir().glob("potato-synthetic-*")) if cache_dir().exists() else []
+    if not roots:
+        return None
+    data = scan_image_folder(roots[0])
+    loader = Loader(data.root, data.samples, Pipeline(image_size, augment=True), batch_size, train=True)
+    t0, n = time.perf_counter(), 0
+    for i, batch in enumerate(loader.epoch(0)):
+        n += len(batch.label)
+        if i + 1 == batches:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def child(
+    framework: str,
+    model: str,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    out: str,
+    precision: str,
+    route: str | None,
+) -> None:
+    import resource
+
+    from jaxvgg.core.hostmem import keep_freed_memory
+
+    # Both frameworks' scripts run with these allocator settings; so does each child here.
+    allocator_tuned = keep_freed_memory()
+
+    if framework == "jax":
+        result = bench_jax(model, image_size, batch_size, steps, precision, route)
+    else:
+        result = bench_torch(model, image_size, batch_size, steps, precision)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["malloc_keeps_freed_memory"] = allocator_tuned
+    Path(out).write_text(json.dumps(result))
+
+
+def run_case(
+    framework: str, model: str, image_size: int, batch_size: int, steps: int, precision: str, route: str | None
+) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            framework,
+            "--model",
+            model,
+            "--image-size",
+            str(image_size),
+            "--batch-size",
+            str(batch_size),
+            "--steps",
+            str(steps),
+            "--json",
+            str(out),
+            "--precision",
+            precision,
+            *(["--conv-route", route] if route else []),
+        ]
+        # No persistent compilation cache: "first step" measures a cold compile.
+        env = {**os.environ, "JAXVGG_COMPILE_CACHE": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return json.loads(out.read_text())
+
+
+def merge_repeats(runs: list[dict]) -> dict:
+    """One result from repeated runs of a child: medians of the timings, the largest peak memory."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    merged = dict(runs[0])
+    for key in ("first_step_s", "train_step_s", "eval_step_s", "eval_first_s"):
+        merged[key] = statistics.median(r[key] for r in runs)
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    merged["repeats"] = len(runs)
+    return merged
+
+
+def bench(
+    model: str,
+    image_size: int,
+    batch_size: int,
+    frameworks: list[str],
+    steps: int,
+    precision: str,
+    repeats: int = 1,
+    route: str | None = None,
+) -> dict:
+    from jaxvgg.summary import model_macs
+
+    macs = model_macs(model, image_size)
+    row = {"model": model, "image_size": image_size, "batch_size": batch_size, "macs_per_image": macs}
+    row["precision"] = precision
+    # Alternate the frameworks (J T J T ...) so that a slow spell of a shared machine hits both.
+    runs = {fw: [] for fw in frameworks}
+    for _ in range(repeats):
+        for fw in frameworks:
+            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision, route))
+    for fw in frameworks:
+        r = merge_repeats(runs[fw])
+        if "error" not in r:
+            r["train_images_per_s"] = batch_size / r["train_step_s"]
+            r["eval_images_per_s"] = batch_size / r["eval_step_s"]
+            r["train_gflops"] = 6 * macs * batch_size / r["train_step_s"] / 1e9
+            peak = peak_gflops(r["device"], precision)
+            if peak is not None:
+                r["peak_gflops"], r["peak_basis"] = peak
+                r["train_percent_of_peak"] = 100 * r["train_gflops"] / peak[0]
+        row[fw] = r
+    if all("train_step_s" in row.get(fw, {}) for fw in ("jax", "torch")):
+        row["train_ratio_jax_over_torch"] = row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
+        row["eval_ratio_jax_over_torch"] = row["jax"]["eval_images_per_s"] / row["torch"]["eval_images_per_s"]
+    return row
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = (
+        f"{'model':<14}{'px':>5}{'batch':>6} | {'JAX train':>10}{'torch train':>12}{'ratio':>7} | "
+        f"{'JAX eval':>9}{'torch eval':>11}{'ratio':>7} | {'JAX 1st':>8}{'torch 1st':>10} | "
+        f"{'JAX GF/s':>9}{'torch GF/s':>11}{'JAX %pk':>8}{'torch %pk':>10} | {'JAX MB':>7}{'torch MB':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        j, t = r.get("jax", {}), r.get("torch", {})
+
+        def g(d, k, spec):
+            width = int(spec.split(".")[0] or 0)
+            return format(d[k], spec) if k in d else ("err" if "error" in d else "-").rjust(width)
+
+        lines.append(
+            f"{r['model']:<14}{r['image_size']:>5}{r['batch_size']:>6} | {g(j, 'train_images_per_s', '10.1f')}"
+            f"{g(t, 'train_images_per_s', '12.1f')}{g(r, 'train_ratio_jax_over_torch', '6.2f')}× | "
+            f"{g(j, 'eval_images_per_s', '9.1f')}{g(t, 'eval_images_per_s', '11.1f')}"
+            f"{g(r, 'eval_ratio_jax_over_torch', '6.2f')}× | {g(j, 'first_step_s', '8.1f')}"
+            f"{g(t, 'first_step_s', '10.1f')} | {g(j, 'train_gflops', '9.1f')}{g(t, 'train_gflops', '11.1f')}"
+            f"{g(j, 'train_percent_of_peak', '8.0f')}{g(t, 'train_percent_of_peak', '10.0f')} | "
+            f"{g(j, 'peak_rss_mb', '7.0f')}{g(t, 'peak_rss_mb', '9.0f')}"
+        )
+    return "\n".join(lines) + (
+        "\n(images/s; ratio = JAX/torch; 1st = seconds to the first finished step; GF/s achieved;"
+        " %pk = of the peak below)"
+    )
+
+
+def format_markdown(rows: list[dict]) -> str:
+    """The table as Markdown, for the README."""
+
+    def cell(d: dict, key: str, spec: str) -> str:
+        return format(d[key], spec) if key in d else "-"
+
+    lines = [
+        "| model | px | batch | JAX train img/s | PyTorch train img/s | ratio | JAX eval | PyTorch eval | ratio "
+        "| first step JAX / PyTorch | GFLOP/s JAX / PyTorch (% of peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        j, t = r.get("jax", {}), r.get("torch", {})
+        lines.append(
+            f"| `{r['model']}` | {r['image_size']} | {r['batch_size']} | {cell(j, 'train_images_per_s', '.1f')} "
+            f"| {cell(t, 'train_images_per_s', '.1f')} | {cell(r, 'train_ratio_jax_over_torch', '.2f')}× "
+            f"| {cell(j, 'eval_images_per_s', '.1f')} | {cell(t, 'eval_images_per_s', '.1f')} "
+            f"| {cell(r, 'eval_ratio_jax_over_torch', '.2f')}× | {cell(j, 'first_step_s', '.1f')} s / "
+            f"{cell(t, 'first_step_s', '.1f')} s | {cell(j, 'train_gflops', '.1f')} "
+            f"({cell(j, 'train_percent_of_peak', '.0f')}%) / {cell(t, 'train_gflops', '.1f')} "
+            f"({cell(t, 'train_percent_of_peak', '.0f')}%) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vgg16")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
+    p.add_argument("--repeats", type=int, default=1, help="run each framework this many times, alternating; medians")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--models", nargs="+", default=list(SWEEP_MODELS), help="with --sweep: these models")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument(
+        "--conv-route", choices=["cpu", "xla", "im2col"], help="JAX convolution route (default: the backend's)"
+    )
+    p.add_argument("--child", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(
+            args.child,
+            args.model,
+            args.image_size,
+            args.batch_size,
+            args.steps,
+            args.json,
+            args.precision,
+            args.conv_route,
+        )
+        return
+    frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
+    cases = (
+        [(m, s, SWEEP_SIZES.get(s, 8)) for m in args.models for s in args.sizes]
+        if args.sweep
+        else [(args.model, args.image_size, args.batch_size)]
+    )
+    rows = []
+    for model, size, batch in cases:
+        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route))
+        print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
+    loader = bench_loader(max(s for _, s, _ in cases), 32)
+    print()
+    print(format_rows(rows))
+    if args.markdown:
+        print()
+        print(format_markdown(rows))
+    bases = {r[fw]["peak_basis"] for r in rows for fw in frameworks if "peak_basis" in r.get(fw, {})}
+    for basis in sorted(bases):
+        print(f"peak: {basis}")
+    if loader is not None:
+        print(f"training loader (RandomResizedCrop + flip, {os.cpu_count()} threads): {loader:.0f} images/s")
+    result = {"rows": rows, "loader_images_per_s": loader, "cpu_count": os.cpu_count()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
