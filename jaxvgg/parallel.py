@@ -11,8 +11,6 @@ several, each loads only its rows of every global batch
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxvgg.core.cli import silence_stdout
 from jaxvgg.core.errors import UserError
 
 AXIS = "data"
@@ -39,10 +38,7 @@ def initialize(coordinator: str | None, num_processes: int = 1, process_id: int 
         raise UserError(f"--process-id {process_id} must be in [0, {num_processes})")
     jax.distributed.initialize(coordinator, num_processes, process_id, coordinator_bind_address=coordinator)
     if process_id != 0:  # process 0 alone reports (the C++ runtime's lines too); errors still reach stderr
-        sys.stdout.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        silence_stdout()
 
 
 @dataclasses.dataclass(frozen=True)

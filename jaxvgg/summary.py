@@ -65,9 +65,9 @@ def flax_summary(
 
 def model_macs(name: str, image_size: int, num_classes: int = 3) -> int:
     """Forward multiply-adds per image of a zoo model (from an abstract pass; nothing is computed)."""
-    from jaxvgg.core.specs import get_spec
+    from jaxvgg.core.specs import size_options
     from jaxvgg.models import create_model, variable_shapes
 
-    options = {"image_size": image_size} if get_spec(name).sized else {}
+    options = size_options(name, image_size)
     model = create_model(name, num_classes, **options)
     return flax_summary(model, variable_shapes(model, image_size), image_size).macs

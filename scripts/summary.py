@@ -11,7 +11,7 @@ import argparse
 from jaxvgg.core.cli import main_guard
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import check_freeze, freeze_rule
-from jaxvgg.core.specs import MODELS, get_spec
+from jaxvgg.core.specs import MODELS, size_options
 
 
 @main_guard
@@ -30,7 +30,7 @@ def main() -> None:
         raise UserError("--image-size and --num-classes must be positive")
     check_freeze(args.model, args.freeze)
     is_frozen = freeze_rule(args.model, args.freeze)
-    options = {"image_size": args.image_size} if get_spec(args.model).sized else {}
+    options = size_options(args.model, args.image_size)
     try:
         if args.framework == "jax":
             from jaxvgg.models import create_model, variable_shapes

@@ -329,8 +329,8 @@ def test_a_full_disk_mid_run_is_one_line(tiny_data, tmp_path):
 def test_a_nan_before_any_checkpoint_says_none_was_written(tiny_data, tmp_path, monkeypatch):
     real = steps_module.train_step
 
-    def poisoned(state, batch, **kw):
-        state, m = real(state, batch, **kw)
+    def poisoned(state, batch, aux=None, **kw):
+        state, m = real(state, batch, aux, **kw)
         return state, {**m, "loss_sum": m["loss_sum"] * np.nan}
 
     monkeypatch.setattr(steps_module, "train_step", poisoned)

@@ -14,7 +14,7 @@ from torch import nn
 import torchref
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.meta import check_meta, check_resume_meta
-from jaxvgg.core.specs import get_spec
+from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, weights_file
 from torchref.compress import plain_state_dict
 from torchref.torchfile import load_torch_file, save_torch_file
@@ -46,7 +46,7 @@ def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.devic
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path}: not a torchref checkpoint (expected a model state_dict and its meta)")
     meta = check_meta(ckpt.get("meta"), path)
-    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    options = size_options(meta["model"], meta["image_size"])
     model = torchref.create_model(meta["model"], meta["num_classes"], **options)
     try:
         model.load_state_dict(ckpt["model"])

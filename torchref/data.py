@@ -98,3 +98,10 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
     )
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW, what ``ToTensor`` + ``Normalize`` give (on ``images``' device)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std

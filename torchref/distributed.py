@@ -11,12 +11,12 @@ import dataclasses
 import datetime
 import os
 import socket
-import sys
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from jaxvgg.core.cli import silence_stdout
 from jaxvgg.core.errors import UserError
 
 
@@ -100,8 +100,5 @@ def init_distributed(coordinator: str | None, num_processes: int = 1, process_id
     else:
         dist.init_process_group(backend, init_method="env://", world_size=world, rank=rank)
     if rank != 0:  # rank 0 alone reports; errors still reach stderr
-        sys.stdout.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        silence_stdout()
     return Distributed(rank, world, local_rank)

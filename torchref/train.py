@@ -22,7 +22,7 @@ from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
-from jaxvgg.core.specs import get_spec
+from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
 from torchref.checkpoint import BEST, load_model, read_torch_weights, restore_last, save_best, save_last_state
 from torchref.compress import add_pruning_slots, distillation_loss, numpy_state_dict, prune_model
@@ -37,7 +37,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
-    return {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+    return size_options(cfg.model, cfg.image_size)
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -189,15 +189,8 @@ class TorchTrainer:
             self.ctx.data.root, self.ctx.split.subsets[subset], transform, cfg.batch_size, False, cfg.seed, self.workers
         )
 
-    def describe(self) -> str:
-        n_params, n_frozen = self.parameters()
-        ctx, cfg = self.ctx, self.cfg
-        return (
-            f"{cfg.model}: {n_params:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
-            f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
-            f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
-            f"images, device {self.dev}" + (f", {self.ddp.world} processes (DDP)" if self.ddp.active else "")
-        )
+    def placement(self) -> str:
+        return f"device {self.dev}" + (f", {self.ddp.world} processes (DDP)" if self.ddp.active else "")
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
         self.train_loader.sampler.set_epoch(epoch, start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -28,3 +29,13 @@ def main_guard(fn: Callable[[], int | None]) -> Callable[[], None]:
         sys.exit(code or 0)
 
     return wrapper
+
+
+def silence_stdout() -> None:
+    """Send this process's standard output (the C++ runtime's too) to /dev/null; stderr stays.
+
+    The non-zero processes of a multi-process run call it, so that process 0 alone reports."""
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

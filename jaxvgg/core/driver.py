@@ -46,8 +46,8 @@ class Trainer(Protocol):
     device: str  # where it trains, for the report
     batches_per_epoch: int
 
-    def describe(self) -> str:
-        """The banner line: model, parameters, batches, images, devices."""
+    def placement(self) -> str:
+        """Where it trains, for the banner: devices, processes, and anything else worth saying."""
         ...
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
@@ -153,6 +153,18 @@ class _PendingMetrics:
             self.bar.set_postfix(sums.postfix(time.perf_counter() - self.t0))
 
 
+def banner(ctx: RunContext, trainer: Trainer) -> str:
+    """The line before training: model, parameters, batches, images, where."""
+    trainable, frozen = trainer.parameters()
+    subsets, cfg = ctx.split.subsets, ctx.cfg
+    return (
+        f"{cfg.model}: {trainable:,} trainable" + (f" + {frozen:,} frozen" if frozen else "") + " parameters, "
+        f"{trainer.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
+        f"{len(subsets['train'])} train / {len(subsets[ctx.val_subset])} {ctx.val_subset} images, "
+        + trainer.placement()
+    )
+
+
 def resume_position(ctx: RunContext, trainer: Trainer) -> Position:
     """Restore ``last.*`` into the trainer and return the position it was saved at."""
     meta = trainer.restore_last()
@@ -174,7 +186,7 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
     """
     cfg = ctx.cfg
     position = resume_position(ctx, trainer) if cfg.resume else Position()
-    print(trainer.describe())
+    print(banner(ctx, trainer))
     first_step_s = None
     t_start = time.perf_counter()
     estimate = EpochEstimate(trainer.batches_per_epoch, cfg.epochs - position.epoch, ESTIMATE_STEPS)

@@ -36,7 +36,7 @@ from jaxvgg.core.folder import ImageFolderIndex, scan_image_folder
 from jaxvgg.core.metrics import balanced_class_weights, classification_report
 from jaxvgg.core.plots import plot_confusion, plot_curves
 from jaxvgg.core.sparse import SPARSE_BEST, compact_bytes, format_sparsity, sparsity
-from jaxvgg.core.specs import get_spec
+from jaxvgg.core.specs import size_options
 from jaxvgg.core.split import Split, load_split, make_split, save_split
 from jaxvgg.core.synthetic import ensure_dataset
 
@@ -448,7 +448,7 @@ def teacher_model(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     """The ``--teacher`` run's model name and model options, announced."""
     teacher = load_run_config(cfg.teacher)
     print(f"teacher: {teacher.model} from {cfg.teacher} (T = {cfg.temperature}, alpha = {cfg.alpha})")
-    return teacher.model, ({"image_size": teacher.image_size} if get_spec(teacher.model).sized else {})
+    return teacher.model, (size_options(teacher.model, teacher.image_size))
 
 
 def peak_rss_mb() -> float:

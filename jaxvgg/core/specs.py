@@ -128,6 +128,11 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def size_options(name: str, image_size: int) -> dict[str, int]:
+    """``{"image_size": image_size}`` for models whose first FC layer depends on it, else ``{}``."""
+    return {"image_size": image_size} if get_spec(name).sized else {}
+
+
 def conv_widths(cfg: str) -> list[int]:
     return [v for v in CFGS[cfg] if v != "M"]
 

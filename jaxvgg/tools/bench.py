@@ -140,24 +140,22 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
 
     import torchref
     from jaxvgg.core.config import TrainConfig
-    from jaxvgg.core.specs import get_spec
-    from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from jaxvgg.core.specs import size_options
+    from torchref.data import normalize_uint8
     from torchref.device import pick_device
     from torchref.precision import autocast, prepare, to_device
     from torchref.train import cross_entropy_loss, make_optimizer, train_one_batch
 
     device = pick_device()
-    options = {"image_size": image_size} if get_spec(model).sized else {}
+    options = size_options(model, image_size)
     net = prepare(torchref.create_model(model, 3, **options).to(device), device)
     opt = make_optimizer(TrainConfig(model=model, lr=1e-4), net.parameters())
     images, labels = batch_data(batch_size, image_size)
     x_u8 = torch.from_numpy(images).to(device)
     y = torch.from_numpy(labels).long().to(device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def inputs():
-        return to_device((x_u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, device)
+        return to_device(normalize_uint8(x_u8), device)
 
     def sync():
         if device.type == "cuda":

@@ -34,7 +34,7 @@ class Variant:
 
 
 @dataclasses.dataclass
-class Row:
+class Measurement:
     variant: str
     framework: str
     params: int
@@ -83,7 +83,9 @@ def predict_all(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batc
     return np.concatenate(preds)
 
 
-def jax_row(variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5) -> Row:
+def jax_row(
+    variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5
+) -> Measurement:
     """Measure one variant in JAX."""
     from jaxvgg.compress import quantize
     from jaxvgg.core.sparse import SPARSE_BEST
@@ -120,11 +122,11 @@ def measure(
     macs: int,
     file_path: Path,
     repeats: int,
-) -> Row:
+) -> Measurement:
     """Accuracy, macro-F1 and latency of ``run`` (uint8 images -> logits), the same for both frameworks."""
     images, labels, classes = test
     report = classification_report(labels.tolist(), predict_all(run, images).tolist(), classes)
-    return Row(
+    return Measurement(
         variant.name,
         framework,
         params,
@@ -138,7 +140,7 @@ def measure(
     )
 
 
-def format_table(rows: list[Row]) -> str:
+def format_table(rows: list[Measurement]) -> str:
     head = (
         "| variant | framework | parameters | non-zero | forward MACs | file (MB) | test accuracy | macro-F1 "
         "| ms/image, batch 1 | ms/image, batch 32 |"
@@ -152,7 +154,7 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[Row], path: Path) -> None:
+def plot(rows: list[Measurement], path: Path) -> None:
     """Accuracy against file size and against latency; colour = variant, marker = framework."""
     import matplotlib
 

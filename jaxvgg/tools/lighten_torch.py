@@ -8,23 +8,20 @@ import numpy as np
 import torch
 
 from jaxvgg.core.sparse import SPARSE_BEST
-from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD
-from jaxvgg.tools.lighten import Row, Variant, measure
+from jaxvgg.tools.lighten import Measurement, Variant, measure
 from torchref.checkpoint import BEST, load_model
 from torchref.compress import quantize_int8
+from torchref.data import normalize_uint8
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> normalised NCHW, what ToTensor + Normalize give."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize_uint8(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def torch_row(
     variant: Variant, test: tuple, calibration: np.ndarray, macs: int, out_dir: Path, repeats: int = 5
-) -> Row:
+) -> Measurement:
     model, _ = load_model(variant.run, BEST, "cpu")
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)

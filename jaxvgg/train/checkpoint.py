@@ -22,7 +22,7 @@ from jaxvgg.convert import flax_to_torch
 from jaxvgg.core.atomic import write_bytes
 from jaxvgg.core.errors import UserError, WeightMismatchError
 from jaxvgg.core.meta import check_meta, check_resume_meta
-from jaxvgg.core.specs import get_spec
+from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import weights_file
 from jaxvgg.models import create_model, variable_shapes
 
@@ -95,7 +95,7 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
     check_meta(meta, path)
     if meta.get("framework", "jax") != "jax":
         raise UserError(f"{path}: not a JAX checkpoint")
-    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    options = size_options(meta["model"], meta["image_size"])
     model = create_model(meta["model"], meta["num_classes"], **options)
     template = dict(variable_shapes(model, meta["image_size"]))
     template.setdefault("batch_stats", {})
@@ -116,7 +116,7 @@ def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:
     if path.suffix != ".msgpack":
         raise UserError(f"{path}: not a JAX checkpoint; reading {path.suffix} files needs jaxvgg.tools.weights")
     _, variables, meta = load_variables(path.parent, path.name)
-    options = {"image_size": meta["image_size"]} if get_spec(meta["model"]).sized else {}
+    options = size_options(meta["model"], meta["image_size"])
     return flax_to_torch(meta["model"], variables, **options)
 
 

@@ -26,7 +26,7 @@ from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.freeze import freeze_rule
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
-from jaxvgg.core.specs import get_spec
+from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
 from jaxvgg.data import Loader, Pipeline
 from jaxvgg.ops.conv import route_for_platform
@@ -42,7 +42,7 @@ from jaxvgg.transfer import param_labels, starting_variables
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
     """``image_size`` for models that need it; bfloat16 compute for ``--precision bf16``; a forced
     ``--conv-route`` (otherwise the model takes its backend's)."""
-    options: dict[str, Any] = {"image_size": cfg.image_size} if get_spec(cfg.model).sized else {}
+    options: dict[str, Any] = size_options(cfg.model, cfg.image_size)
     if cfg.precision == "bf16":
         options["dtype"] = jnp.bfloat16
     if cfg.conv_route != "auto":
@@ -172,14 +172,9 @@ class JaxTrainer:
             shard=self.shard,
         )
 
-    def describe(self) -> str:
-        n_train, n_frozen = self.parameters()
-        ctx, cfg = self.ctx, self.cfg
+    def placement(self) -> str:
         return (
-            f"{cfg.model}: {n_train:,} trainable" + (f" + {n_frozen:,} frozen" if n_frozen else "") + " parameters, "
-            f"{self.batches_per_epoch} batches of {cfg.batch_size} per epoch, "
-            f"{len(ctx.split.subsets['train'])} train / {len(ctx.split.subsets[ctx.val_subset])} {ctx.val_subset} "
-            f"images, {self.par.size} {self.device} device(s)"
+            f"{self.par.size} {self.device} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             + f", convolutions by the {self.conv_route} route"
         )
