@@ -259,3 +259,12 @@ def test_metrics_read_back_every_few_steps_give_the_sums_of_reading_every_step(t
         loop_module.fit(tiny_config(tiny_data, out, epochs=2, log_every=every))
         histories.append([(h["train_loss"], h["train_acc"]) for h in json.loads((out / "history.json").read_text())])
     assert histories[0] == histories[1]
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_is_a_few_plain_lines(tiny_data, tmp_path):
+    """Output that is not a terminal gets no progress-bar redraws: a short run stays a few KB."""
+    done = run_script("train_jax.py", *tiny_flags(tiny_data, tmp_path / "run"), "--epochs", "3")
+    log = done.stdout + done.stderr
+    assert "\r" not in log and len(log) < 4000, (len(log), log[-1500:])
+    assert log.count("epoch ") >= 3 and "best model (epoch" in log

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import torchref
 from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
@@ -106,7 +106,7 @@ def evaluate(
     t0 = time.perf_counter()
     with torch.no_grad():
         quiet = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
-        for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=quiet):
+        for x, y in progress_bar(loader, desc=desc, leave=False, unit="batch", disable=quiet):
             x, y = to_device(x, device), y.to(device)
             with autocast(device, precision):  # evaluated as trained, like the JAX side
                 out = model(x).float()

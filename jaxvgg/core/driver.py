@@ -19,8 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
+from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import (
     EpochEstimate,
     EpochSums,
@@ -132,7 +131,7 @@ class _StepLimit(Exception):
 class _PendingMetrics:
     """The epoch's batches whose metrics have not been read back yet, and the bar they feed."""
 
-    def __init__(self, ctx: RunContext, trainer: Trainer, position: Position, epoch: int, bar: tqdm) -> None:
+    def __init__(self, ctx: RunContext, trainer: Trainer, position: Position, epoch: int, bar: Any) -> None:
         self.ctx, self.trainer, self.position, self.epoch, self.bar = ctx, trainer, position, epoch, bar
         self.pending: list[Any] = []
         self.t0 = time.perf_counter()
@@ -197,7 +196,7 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
         if epoch != position.epoch or position.batch == 0:
             position.epoch, position.batch, position.sums = epoch, 0, EpochSums()
         t0 = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             total=trainer.batches_per_epoch,
             initial=position.batch,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",

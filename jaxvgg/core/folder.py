@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from jaxvgg.core.errors import UserError
+from jaxvgg.core.progress import progress_bar
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold: larger images are refused
@@ -188,7 +189,11 @@ def scan_image_folder(root: str | os.PathLike, strict: bool = False, workers: in
                     candidates.append((os.path.normpath(os.path.join(dirpath, f)), label))
     unique, duplicates = _dedupe(root, candidates)
     with ThreadPoolExecutor(workers) as pool:
-        reasons = list(pool.map(lambda s: _check(root / s[0]), unique))
+        checked = pool.map(lambda s: _check(root / s[0]), unique)
+        # Large folders take a while (every file is opened); small ones finish before a bar shows.
+        reasons = list(
+            progress_bar(checked, total=len(unique), desc=f"checking {root}", unit="img", leave=False, delay=2.0)
+        )
     samples = [s for s, r in zip(unique, reasons, strict=True) if r is None]
     unreadable = [(s[0], r) for s, r in zip(unique, reasons, strict=True) if r is not None]
     if unreadable and strict:

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from jaxvgg.core.cache import cache_dir
 from jaxvgg.core.errors import UserError
+from jaxvgg.core.progress import progress_bar
 
 CLASSES = ("Early_blight", "Late_blight", "healthy")
 DEFAULT_COUNTS = (1000, 1000, 152)  # PlantVillage's potato subset
@@ -236,12 +237,13 @@ def make_dataset(
             (tmp / name).mkdir(parents=True)
         jobs = [(str(tmp), seed, label, i, size) for label, n in enumerate(counts) for i in range(n)]
         workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
-        from tqdm import tqdm
 
         # forkserver: forking a process that already runs JAX's threads can deadlock.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             done = pool.map(_write_one, jobs, chunksize=32)
-            for _ in tqdm(done, total=len(jobs), desc="drawing the built-in dataset", unit="img", disable=not progress):
+            for _ in progress_bar(
+                done, total=len(jobs), desc="drawing the built-in dataset", unit="img", disable=not progress
+            ):
                 pass
         (tmp / MANIFEST).write_text(json.dumps(_manifest(seed, counts, size), indent=2))
         _swap_in(tmp, target)

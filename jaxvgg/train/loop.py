@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 import jaxvgg
 from jaxvgg.compress import prune
@@ -24,6 +23,7 @@ from jaxvgg.convert import flax_to_torch, torch_to_flax
 from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
@@ -105,7 +105,7 @@ def evaluate(
     loss = correct = count = 0.0
     labels, preds = [], []
     t0 = time.perf_counter()
-    bar = tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
+    bar = progress_bar(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
     for batch in bar:
         m = local_copy(eval_step(state, put(batch.as_dict())))
         loss += float(m["loss_sum"])
