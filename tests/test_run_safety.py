@@ -406,3 +406,12 @@ def test_review_cases_of_resume_overwrite_and_old_configs(tiny_data, tmp_path):
     del raw["class_weights"]
     (run / "config.json").write_text(json.dumps(raw))
     assert load_run_config(run).class_weights == "none"
+
+
+def test_default_run_folders_are_unique_even_within_one_second(tmp_path):
+    from jaxvgg.core.run import reserve_run_folder
+
+    folders = [reserve_run_folder("student_cnn", "jax", tmp_path / "runs") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(f.is_dir() and not any(f.iterdir()) for f in folders)
+    same_second = folders[1].name[:15] == folders[0].name[:15]
+    assert folders[1].name == folders[0].name + "-2" or not same_second

@@ -193,12 +193,49 @@ def prepare_run(
     config_changed = False
     if cfg.resume:
         cfg, out_dir, history, config_changed = _reopen_run(cfg, framework)
+    elif cfg.out_dir is None:
+        if cfg.num_processes > 1:
+            raise UserError("a multi-process run needs --out-dir (the same folder on every process)")
+        out_dir = reserve_run_folder(cfg.model, framework)
+        try:
+            return _prepare(cfg, framework, out_dir, history, config_changed, main, barrier, reserved=True)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # still empty: nothing was written into it
+            raise
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = Path(cfg.out_dir or f"runs/{stamp}-{cfg.model}-{framework}")
+        out_dir = Path(cfg.out_dir)
         check_new_run_folder(out_dir, cfg.overwrite)
         check_inputs_outside(cfg, out_dir)
         barrier("out-dir checked")  # every process looks before process 0 writes into it
+    return _prepare(cfg, framework, out_dir, history, config_changed, main, barrier)
+
+
+def reserve_run_folder(model: str, framework: str, parent: Path = Path("runs")) -> Path:
+    """A new, empty ``runs/<time>-<model>-<framework>[-N]``, created here so that two runs started
+    in the same second never share one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = parent / (f"{stamp}-{model}-{framework}" + (f"-{n}" if n > 1 else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{parent}: no free run folder name for {stamp}-{model}-{framework}")
+
+
+def _prepare(
+    cfg: TrainConfig,
+    framework: str,
+    out_dir: Path,
+    history: list[dict[str, Any]],
+    config_changed: bool,
+    main: bool,
+    barrier: Callable[[str], None],
+    reserved: bool = False,
+) -> RunContext:
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
@@ -218,7 +255,7 @@ def prepare_run(
         raise UserError(f"{root}: the test split is empty; the data set is too small to split")
     ctx = RunContext(cfg, out_dir, data, split, history, main, barrier, framework, config_changed=config_changed)
     if main and not cfg.resume:
-        ctx.created = not out_dir.exists()
+        ctx.created = reserved or not out_dir.exists()
         if cfg.overwrite and out_dir.is_dir():
             _clear_run_files(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
