@@ -39,6 +39,8 @@ def test_every_jaxvgg_module_is_in_a_layer():
     jax_layer = contract_modules()
     for m in pkgutil.iter_modules(jaxvgg.__path__):
         name = f"jaxvgg.{m.name}"
+        if name == "jaxvgg.__main__":  # python -m jaxvgg: the entry point, on top of every layer
+            continue
         assert name in {"jaxvgg.core", "jaxvgg.tools"} | jax_layer, f"{name} is in no layer of pyproject.toml"
 
 
@@ -69,3 +71,19 @@ def test_the_architecture_diagram_is_current():
         [sys.executable, str(ROOT / "scripts" / "architecture.py"), "--check"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_jaxvgg_command_and_python_m_jaxvgg_run_the_scripts_commands():
+    import shutil
+
+    listed = subprocess.run([sys.executable, "-m", "jaxvgg", "--help"], capture_output=True, text=True, check=True)
+    assert "train-torch" in listed.stdout and "make-dataset" in listed.stdout
+    train = subprocess.run(
+        [sys.executable, "-m", "jaxvgg", "train", "--help"], capture_output=True, text=True, check=True
+    )
+    assert train.stdout.startswith("usage: jaxvgg train") and "--class-weights" in train.stdout
+    unknown = subprocess.run([sys.executable, "-m", "jaxvgg", "fly"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+    installed = shutil.which("jaxvgg")  # pip install -e . puts it on PATH ([project.scripts])
+    assert installed, "the jaxvgg command is not installed: pip install -e ."
+    assert "predict" in subprocess.run([installed, "--help"], capture_output=True, text=True, check=True).stdout

@@ -113,7 +113,7 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
 
 
 def test_bench_repeats_take_medians_and_keep_errors():
-    from jaxvgg.tools import bench
+    from jaxvgg.tools.commands import bench
 
     runs = [
         {"first_step_s": f, "train_step_s": t, "eval_step_s": e, "eval_first_s": 1.0, "peak_rss_mb": m, "device": "cpu"}

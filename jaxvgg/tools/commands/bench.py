@@ -238,7 +238,8 @@ def run_case(
         out = Path(tmp) / "r.json"
         cmd = [
             sys.executable,
-            __file__,
+            "-m",
+            "jaxvgg.tools.commands.bench",
             "--child",
             framework,
             "--model",
