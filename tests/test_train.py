@@ -150,6 +150,25 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     assert len(single.splitlines()) == 4
     table = run_script("predict.py", str(tiny_data / "healthy"), "--run", str(run)).stdout
     assert len(table.splitlines()) == 2 + 24
+    # Several targets (as a shell's glob gives them), each image once, and the table as CSV/JSON.
+    leaves = [str(tiny_data / "healthy" / f"healthy_0000{i}.jpg") for i in range(3)]
+    csv_out, json_out = tmp_path / "p.csv", tmp_path / "p.json"
+    run_script(
+        "predict.py",
+        *leaves,
+        str(tiny_data / "healthy"),
+        "--run",
+        str(run),
+        "--csv",
+        str(csv_out),
+        "--json",
+        str(json_out),
+    )
+    records = json.loads(json_out.read_text())
+    assert len(records) == 24 and records[0]["image"] == leaves[0]
+    assert abs(sum(records[0][c] for c in ("Early_blight", "Late_blight", "healthy")) - 1) < 1e-5
+    assert csv_out.read_text().splitlines()[0] == "image,prediction,Early_blight,Late_blight,healthy"
+    assert len(csv_out.read_text().splitlines()) == 1 + 24
     evaluated = run_script("evaluate.py", "--run", str(run)).stdout
     accuracy = json.loads((run / "metrics.json").read_text())["accuracy"]
     assert f"accuracy {accuracy:.2%}" in evaluated

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,3 +60,23 @@ def format_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequen
         for p, q in zip(paths, probs, strict=True)
     ]
     return "\n".join([head, "-" * len(head), *rows])
+
+
+def prediction_rows(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """One record per image: its path, the predicted class and every class's probability."""
+    return [
+        {
+            "image": str(p),
+            "prediction": classes[int(q.argmax())],
+            **{c: float(x) for c, x in zip(classes, q, strict=True)},
+        }
+        for p, q in zip(paths, probs, strict=True)
+    ]
+
+
+def predictions_csv(rows: list[dict], classes: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["image", "prediction", *classes], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,7 +1,7 @@
-"""Classify one image, or every image in a folder, with a trained run (JAX or PyTorch).
+"""Classify images, files or folders, with a trained run (JAX or PyTorch).
 
 python scripts/predict.py leaf.jpg --run runs/<run>
-python scripts/predict.py some_folder/ --run runs/<run>
+python scripts/predict.py some_folder/ a.jpg b.png --run runs/<run> [--csv out.csv] [--json out.json]
 
 Unreadable images are listed on stderr as "skipped <file>: <reason>" and the others predicted.
 Exit status: 0 all predicted; 1 some files skipped; 2 an error (bad run folder or flags, or no
@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from jaxvgg.compile_cache import enable_compilation_cache
+from jaxvgg.core.atomic import write_json, write_text
 from jaxvgg.core.cli import main_guard
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.hostmem import keep_freed_memory
-from jaxvgg.core.images import format_predictions, image_paths, load_batch
+from jaxvgg.core.images import format_predictions, image_paths, load_batch, prediction_rows, predictions_csv
 from jaxvgg.tools.predict import predictor, run_settings
 
 
@@ -27,21 +28,32 @@ def main() -> int:
     keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
     enable_compilation_cache()  # a second run loads its compiled steps
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="an image file or a folder of images")
+    p.add_argument("targets", nargs="+", metavar="target", help="image files and folders of images")
     p.add_argument("--run", required=True, help="run folder written by train_jax.py or train_torch.py")
+    p.add_argument("--csv", help="also write the table here (one row per image)")
+    p.add_argument("--json", help="also write the predictions here")
     args = p.parse_args()
     cfg, _ = run_settings(args.run)  # a bad run folder is reported before any image is read
-    images, paths, bad = load_batch(image_paths(args.target), cfg.image_size)
-    if not paths and not Path(args.target).is_dir():
+    found = list(dict.fromkeys(path for target in args.targets for path in image_paths(target)))
+    images, paths, bad = load_batch(found, cfg.image_size)
+    if not paths and len(args.targets) == 1 and not Path(args.targets[0]).is_dir():
         (path, reason), *_ = bad
         raise UserError(f"{path}: {reason}")
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not paths:
-        raise UserError(f"{args.target}: none of its {len(bad)} image file(s) could be read (see the skipped lines)")
+        where = f"{args.targets[0]}: none of its" if len(args.targets) == 1 else "none of the"
+        raise UserError(f"{where} {len(bad)} image file(s) could be read (see the skipped lines)")
     predict, classes = predictor(args.run)
     probs = predict(images)
     print(format_predictions(paths, probs, classes))
+    rows = prediction_rows(paths, probs, classes)
+    if args.csv:
+        write_text(Path(args.csv), predictions_csv(rows, classes))
+    if args.json:
+        write_json(Path(args.json), rows)
+    for name in filter(None, (args.csv, args.json)):
+        print(f"wrote {name}")
     return 1 if bad else 0
 
 
