@@ -1,5 +1,6 @@
 """Training: optimizer semantics, schedules, the loop end to end, resume, and user errors (no torch)."""
 
+import csv
 import json
 
 import jax
@@ -276,8 +277,15 @@ def test_metrics_read_back_every_few_steps_give_the_sums_of_reading_every_step(t
     for every in (1, 4):
         out = tmp_path / f"every{every}"
         loop_module.fit(tiny_config(tiny_data, out, epochs=2, log_every=every))
-        histories.append([(h["train_loss"], h["train_acc"]) for h in json.loads((out / "history.json").read_text())])
+        history = json.loads((out / "history.json").read_text())
+        histories.append([(h["train_loss"], h["train_acc"]) for h in history])
     assert histories[0] == histories[1]
+    # metrics.csv (timm's summary.csv columns) holds the same rows as history.json.
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
+    for r, h in zip(rows, history, strict=True):
+        assert float(r["train_loss"]) == h["train_loss"] and float(r["eval_loss"]) == h["val_loss"]
+        assert float(r["eval_top1"]) == pytest.approx(100 * h["val_acc"]) and float(r["lr"]) == h["lr"]
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvgg.core.atomic import write_bytes, write_json
+from jaxvgg.core.atomic import write_bytes, write_json, write_text
 from jaxvgg.core.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
@@ -46,6 +46,7 @@ RUN_FILES = (
     "config.json",
     "split.json",
     "history.json",
+    "metrics.csv",
     "metrics.json",
     "curves.png",
     "confusion.png",
@@ -347,6 +348,7 @@ def end_epoch(
     ctx.history.append(row)
     if ctx.main:
         write_json(ctx.out_dir / "history.json", ctx.history)
+        write_text(ctx.out_dir / "metrics.csv", history_csv(ctx.history))
         plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}", val_split=ctx.val_subset)
     print(
         f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
@@ -354,6 +356,19 @@ def end_epoch(
         f"{'  *best*' if improved else ''}  ({row['seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)"
     )
     return row
+
+
+# timm's summary.csv columns where they apply (eval_top1 in percent, as timm writes it), then ours.
+CSV_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "lr", "train_acc", "val_split", "seconds")
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """``metrics.csv``: one row per epoch of ``history.json``, for spreadsheets and plotting tools."""
+    lines = [",".join(CSV_COLUMNS)]
+    for h in history:
+        row = {**h, "eval_loss": h["val_loss"], "eval_top1": 100 * h["val_acc"]}
+        lines.append(",".join(str(row[c]) for c in CSV_COLUMNS))
+    return "\n".join(lines) + "\n"
 
 
 def early_stop_reason(ctx: RunContext, bad_epochs: int) -> str | None:
