@@ -21,6 +21,7 @@ COMMANDS = {
     "distill": ("distill", "knowledge distillation into a small student"),
     "bench": ("bench", "time train and eval steps, JAX against PyTorch"),
     "make-dataset": ("make_dataset", "draw the built-in potato-leaf dataset into a folder"),
+    "gpu-check": ("gpu_check", "every GPU figure in a few minutes (--smoke on a CPU)"),
 }
 
 
