@@ -166,8 +166,8 @@ _HELP = {
     "data_dir": "ImageFolder root (one sub-folder per class); default: the built-in dataset",
     "image_size": "square input size in pixels",
     "epochs": "maximum epochs (also T_max of the cosine schedule)",
-    "lr": "base learning rate (default: the model's own: 1e-3 for BatchNorm VGGs, resnet50 and student_cnn; "
-    "1e-4, the tutorial's, for VGGs without BatchNorm)",
+    "lr": "base learning rate (default: the model's own: 5e-4 for vgg16_gap_bn and vgg16_dsconv_bn, 1e-3 for "
+    "resnet50 and student_cnn, 1e-4 (the tutorial's) for the other VGGs)",
     "weight_decay": "weight decay (coupled L2 for adam/sgd, decoupled for adamw)",
     "class_weights": "none, or balanced: each class's training loss weighted by n / (classes x n_class), "
     "as torch's CrossEntropyLoss(weight=...); for imbalanced data such as PlantVillage's 1000/1000/152 potatoes",

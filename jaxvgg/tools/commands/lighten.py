@@ -3,7 +3,8 @@
     python scripts/lighten.py [--data-dir DIR] [--image-size 32] [--epochs 2] [--out runs/lighten]
 
 Trains (or re-uses, when a run folder under --out already has its metrics.json) the base model
-(--base, default vgg16), vgg16_slim, vgg16_gap and vgg16_dsconv; prunes the base by 30% and
+(--base, default vgg16_bn) and its light variants (vgg16_slim, vgg16_gap, vgg16_dsconv, each with
+BatchNorm when the base has it: _bn); prunes the base by 30% and
 fine-tunes it; quantizes it to int8; distils it into student_cnn (--variants picks rows).
 Every run uses the first run's split. Then measures each variant in each framework and writes
 lighten.md, lighten.json and lighten.png into --out.
@@ -96,16 +97,16 @@ def main() -> None:
     p.add_argument("--out", default="runs/lighten")
     p.add_argument("--data-dir", help="ImageFolder root (default: a subset of the built-in dataset)")
     p.add_argument(
-        "--dataset-counts", type=int, nargs=3, default=[160, 160, 64], metavar="N", help="built-in dataset size"
+        "--dataset-counts", type=int, nargs=3, default=[500, 500, 150], metavar="N", help="built-in dataset size"
     )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=3, help="epochs for every model trained from scratch")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of fine-tuning after pruning")
+    p.add_argument("--epochs", type=int, default=5, help="epochs for every model trained from scratch")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
     p.add_argument("--lr", type=float, help="one learning rate for every model (default: each model's own)")
     p.add_argument("--prune-amount", type=float, default=0.3)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
-    p.add_argument("--base", default="vgg16", help="the model that is pruned, quantized and distilled")
+    p.add_argument("--base", default="vgg16_bn", help="the model that is pruned, quantized and distilled")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="rows to build")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per latency figure (median)")
     args = p.parse_args()
