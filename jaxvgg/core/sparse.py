@@ -77,10 +77,3 @@ def from_compact_bytes(data: bytes) -> dict[str, np.ndarray]:
             dense[nz] = stored[f"{name}@values"]
             out[name] = dense.reshape(shape)
     return out
-
-
-def dense_bytes(state_dict: Mapping[str, np.ndarray]) -> int:
-    """Size of the same weights stored densely in a ``.npz``, for comparison."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in state_dict.items()})
-    return len(buf.getvalue())
