@@ -110,8 +110,3 @@ def quantized_apply(model: nn.Module) -> Callable:
             return model.apply(variables, x, train=False, **kwargs)
 
     return apply
-
-
-def int8_bytes(qvariables: Any) -> int:
-    """Bytes of the quantized variables as stored (int8 kernels, float32 scales and biases)."""
-    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(qvariables)))
