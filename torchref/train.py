@@ -207,11 +207,13 @@ class TorchTrainer:
         return train_one_batch(self.net, x, y, self.optimizer, self.loss_fn, self.cfg.precision)
 
     def fetch(self, metrics: list[Any]) -> list[tuple[float, float, float]]:
-        return [(loss.item(), correct.item(), float(count)) for loss, correct, count in metrics]
+        # Summed over the processes, as JAX's sharded step gives them: every rank sees the same
+        # losses, so all stop together on a NaN and the divergence check reads the global loss.
+        flat = self.ddp.sum(*(float(v) for m in metrics for v in m)) if metrics else []
+        return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
 
     def global_sums(self, sums: EpochSums) -> EpochSums:
-        # Every process evaluated the whole validation set; training statistics are summed over them.
-        return EpochSums(*self.ddp.sum(sums.loss, sums.correct, sums.count))
+        return sums  # fetch already summed them over the processes
 
     def end_epoch(self) -> None:
         self.scheduler.step()
