@@ -12,7 +12,7 @@ import numpy as np
 from jaxvgg.core.specs import MODELS, get_spec
 from jaxvgg.models.resnet import ResNet
 from jaxvgg.models.vgg import VGG
-from jaxvgg.ops.conv import check_route, route_for_platform
+from jaxvgg.ops.conv import resolve_route
 
 Variables = dict[str, Any]
 
@@ -35,7 +35,7 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
     unknown = set(options) - {"image_size", "dtype", "conv_route"}
     if unknown:
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
-    options["conv_route"] = check_route(options.get("conv_route") or route_for_platform(jax.default_backend()))
+    options["conv_route"] = resolve_route(options.get("conv_route"))
     if spec.family == "vgg":
         return VGG(spec, num_classes=num_classes, **options)
     if spec.family == "resnet":

@@ -31,6 +31,11 @@ def route_for_platform(platform: str) -> str:
     return "cpu" if platform == "cpu" else "xla"
 
 
+def resolve_route(route: str | None = None) -> str:
+    """``route``, or the route for the backend JAX runs on when it is None (or ``auto``)."""
+    return check_route(route if route not in (None, "auto") else route_for_platform(jax.default_backend()))
+
+
 def check_route(route: str) -> str:
     if route not in ROUTES:
         raise ValueError(f"convolution route {route!r}: choose one of {', '.join(ROUTES)}")

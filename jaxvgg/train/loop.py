@@ -29,7 +29,7 @@ from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
 from jaxvgg.data import Loader, Pipeline
-from jaxvgg.ops.conv import route_for_platform
+from jaxvgg.ops.conv import resolve_route
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.checkpoint import load_variables, read_jax_weights
@@ -146,7 +146,7 @@ class JaxTrainer:
         )
         self.batches_per_epoch = len(self.train_loader)
         self.device = jax.devices()[0].platform
-        self.conv_route = model_options(cfg).get("conv_route") or route_for_platform(jax.default_backend())
+        self.conv_route = resolve_route(cfg.conv_route)
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights)
         self.state = par.replicate(state)
         self.steps = 0

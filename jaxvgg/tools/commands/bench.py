@@ -100,8 +100,8 @@ def bench_jax(
     import jax
 
     from jaxvgg.core.config import TrainConfig
-    from jaxvgg.ops.conv import route_for_platform
-    from jaxvgg.train.loop import build_state, model_options
+    from jaxvgg.ops.conv import resolve_route
+    from jaxvgg.train.loop import build_state
     from jaxvgg.train.steps import compile_steps
 
     cfg = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, lr=1e-4, precision=precision)
@@ -130,7 +130,7 @@ def bench_jax(
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
         "device": jax.devices()[0].device_kind,
-        "conv_route": model_options(cfg).get("conv_route") or route_for_platform(jax.default_backend()),
+        "conv_route": resolve_route(cfg.conv_route),
         "precision": precision,
     }
 
