@@ -1,6 +1,8 @@
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # Tests run on the CPU with two cores; keep XLA from oversubscribing them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,3 +29,26 @@ def tiny_data(tmp_path_factory):
     return make_dataset(
         tmp_path_factory.mktemp("data") / "potato", seed=3, counts=(24, 24, 24), size=64, progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def textures(tmp_path_factory):
+    """Four classes, 20 images each, 32 px: stripes one way or the other, checks, or noise, in
+    random colours, so that colour alone says nothing."""
+    root = tmp_path_factory.mktemp("textures")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:32, :32]
+    patterns = {
+        "horizontal": lambda p: (y // p) % 2,
+        "vertical": lambda p: (x // p) % 2,
+        "checks": lambda p: ((y // p) + (x // p)) % 2,
+        "noise": lambda p: rng.integers(0, 2, (32, 32)),
+    }
+    for name, pattern in patterns.items():
+        (root / name).mkdir()
+        for i in range(20):
+            mask = pattern(int(rng.integers(2, 5)))[..., None]
+            a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            img = np.where(mask, a, b) + rng.normal(0, 12, (32, 32, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.specs import MODELS
@@ -20,29 +19,6 @@ from torchref import train as torch_loop  # noqa: E402
 # yet passing (docs/recipes.md): vgg16, vgg16_manual, vgg16_gap and vgg16_dsconv at 1e-4 (train
 # loss 1.44 -> 1.38 over 28 steps), resnet50 at 1e-3 (2.25 -> 2.09), vgg16_bn at 5e-4 (30 -> 5.5).
 LEARNING = ["vgg16_gap_bn", "student_cnn"]
-
-
-@pytest.fixture(scope="module")
-def textures(tmp_path_factory):
-    """Four classes, 20 images each, 32 px: stripes one way or the other, checks, or noise, in
-    random colours, so that colour alone says nothing."""
-    root = tmp_path_factory.mktemp("textures")
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[:32, :32]
-    patterns = {
-        "horizontal": lambda p: (y // p) % 2,
-        "vertical": lambda p: (x // p) % 2,
-        "checks": lambda p: ((y // p) + (x // p)) % 2,
-        "noise": lambda p: rng.integers(0, 2, (32, 32)),
-    }
-    for name, pattern in patterns.items():
-        (root / name).mkdir()
-        for i in range(20):
-            mask = pattern(int(rng.integers(2, 5)))[..., None]
-            a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            img = np.where(mask, a, b) + rng.normal(0, 12, (32, 32, 3))
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_every_model_has_a_default_rate_that_the_config_records():

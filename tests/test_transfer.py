@@ -182,3 +182,25 @@ def test_transfer_runs_from_the_command_line(tiny_data, imagenet_resnet50, tmp_p
         check=False,
     )
     assert "weights do not fit vgg11" in one_line_error(bad)
+
+
+def test_a_light_head_on_trained_vgg16_features_takes_the_features_and_replaces_the_head():
+    """What lighten.py does with vgg16_slim_bn / vgg16_gap_bn: vgg16_bn's conv features under a new
+    head. Every feature tensor is taken; the whole head, not only its last layer, starts fresh."""
+    from jaxvgg.core.weights import fit_weights
+
+    def shapes(name):
+        return {k: tuple(v.shape) for k, v in torchref.create_model(name, 3).state_dict().items()}
+
+    base = {k: np.full(s, 0.5, np.float32) for k, s in shapes("vgg16_bn").items()}
+    for light in ("vgg16_slim_bn", "vgg16_gap_bn"):
+        target = shapes(light)
+        loaded, notes = fit_weights(base, target, light, replace_head=True)
+        features = [k for k in target if k.startswith("features.")]
+        assert sorted(loaded) == sorted(features), light
+        assert len(notes) == 1 and notes[0].startswith("head classifier replaced"), notes
+    broken = {**base, "features.0.weight": np.zeros((64, 3, 5, 5), np.float32)}
+    with pytest.raises(WeightMismatchError, match=r"features\.0\.weight"):
+        fit_weights(broken, shapes("vgg16_slim_bn"), "vgg16_slim_bn", replace_head=True)
+    with pytest.raises(WeightMismatchError, match="classifier"):
+        fit_weights(base, shapes("vgg16_slim_bn"), "vgg16_slim_bn", replace_head=False)

@@ -19,6 +19,7 @@ from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.lr_finder import LrSweep, find_lr
 from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
@@ -131,7 +132,15 @@ class TorchTrainer:
 
     framework = "torch"
 
-    def __init__(self, ctx: RunContext, ddp: Distributed, device: str | None, read_weights: WeightReader) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        ddp: Distributed,
+        device: str | None,
+        read_weights: WeightReader,
+        lr_of_step: Callable[[int], float] | None = None,
+    ) -> None:
+        """``lr_of_step`` replaces the configured schedule (the learning-rate range test)."""
         cfg = ctx.cfg
         self.ctx, self.cfg, self.ddp = ctx, cfg, ddp
         dev = pick_device(device)
@@ -181,6 +190,7 @@ class TorchTrainer:
         # Evaluation reports the plain loss, as the JAX side does.
         self.criterion = nn.CrossEntropyLoss()
         self.step = 0
+        self.lr_of_step = lr_of_step
 
     def _loader(self, subset: str):
         cfg = self.cfg
@@ -203,6 +213,9 @@ class TorchTrainer:
 
     def train_step(self, batch: Any) -> Any:
         x, y = batch
+        if self.lr_of_step is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_of_step(self.step)
         self.step += 1
         return train_one_batch(self.net, x, y, self.optimizer, self.loss_fn, self.cfg.precision)
 
@@ -265,6 +278,9 @@ def fit(
         raise UserError(f"--batch-size {cfg.batch_size} does not split evenly over {ddp.world} processes")
     ctx = prepare_run(cfg, "torch", main=ddp.is_main, barrier=ddp.barrier)
     with removed_if_unfinished(ctx):
+        if cfg.find_lr:
+            sweep = LrSweep()
+            return find_lr(ctx, TorchTrainer(ctx, ddp, device, read_weights, lr_of_step=sweep.lr), sweep)
         return driver.train(ctx, TorchTrainer(ctx, ddp, device, read_weights))
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha for the labels
     dataset_seed: int = 0  # built-in dataset
     dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
+    find_lr: bool = False  # run the learning-rate range test instead of training
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
     log_every: int = 10  # read the training metrics back every N steps (not every step: no wait per step)
     precision: str = "fp32"  # fp32, or bf16: bfloat16 compute, float32 weights, optimizer and loss
@@ -112,6 +113,7 @@ def _typed(name: str, kind: str, value: Any, source: str | Path) -> Any:
 
 # Settings of one invocation rather than of the run: --resume takes these from the command line.
 INVOCATION_SETTINGS = (
+    "find_lr",
     "max_steps",
     "conv_route",
     "log_every",
@@ -188,6 +190,8 @@ _HELP = {
     "init_from": "start a new run from another run's weights (run folder or .pth); everything must fit",
     "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
     "such as features,classifier.0",
+    "find_lr": "instead of training, run a learning-rate range test (100 steps, lr 1e-7 -> 1) and suggest an --lr; "
+    "writes lr_find.png and lr_find.json into the run folder",
     "max_steps": "stop after this many optimizer steps",
     "log_every": "read the training loss back (progress bar, NaN check) every N steps; sums stay exact",
     "prune_amount": "L1-prune this fraction of every conv/linear weight of the starting model "
@@ -335,6 +339,8 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError("--temperature must be positive and --alpha in [0, 1]")
     if cfg.pretrained and cfg.init_from:
         raise UserError("give --pretrained or --init-from, not both")
+    if cfg.find_lr and cfg.resume:
+        raise UserError("--find-lr runs in a new run folder; it does not take --resume")
 
 
 def validate(cfg: TrainConfig) -> None:

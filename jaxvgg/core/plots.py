@@ -81,3 +81,23 @@ def plot_compare(histories: dict[str, Sequence[dict]], path: str | os.PathLike, 
     fig.suptitle(title or "JAX vs PyTorch")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_lr_find(result: dict, path: str | os.PathLike) -> None:
+    """Loss against learning rate (log scale) from the range test, the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(result["lrs"], result["losses"], color="0.75", lw=1, label="loss per step")
+    ax.plot(result["lrs"], result["smoothed"], lw=2, label="smoothed")
+    if (lr := result.get("suggested_lr")) is not None:
+        ax.axvline(lr, color="tab:red", ls="--", label=f"suggested {lr:.1e}")
+    finite = [v for v in result["smoothed"] if np.isfinite(v)]
+    if finite:  # the blow-up at the end would squash the interesting part
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 2 * finite[0]) * 1.1)
+    ax.set_xscale("log")
+    ax.set_xlabel("Learning rate")
+    ax.set_ylabel("Training loss")
+    ax.set_title(f"Learning-rate range test: {result['model']}, batch {result['batch_size']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -56,12 +56,15 @@ def fit_weights(
     """The source entries for ``target`` (name -> shape), and notes on what was not taken.
 
     With ``replace_head``, a classification layer of the wrong shape is left out (its entries are
-    absent from the result, so the caller keeps fresh ones); every other mismatch is an error
-    naming the entries. ``num_batches_tracked`` is optional: our BatchNorm does not use it.
+    absent from the result, so the caller keeps fresh ones); when the other layers of the head do
+    not fit either (a light head from a VGG-16 run), the whole head is left out. Every other
+    mismatch is an error naming the entries. ``num_batches_tracked`` is optional: our BatchNorm
+    does not use it.
     """
     head = head_module(name)
+    stack = head.split(".")[0]  # the whole head: "classifier" (VGG) or "fc" (ResNet)
     loaded: StateDict = {}
-    missing, misshaped, replaced = [], [], []
+    missing, misshaped = [], []
     for key, shape in target.items():
         if key not in source:
             if not key.endswith("num_batches_tracked"):
@@ -70,18 +73,27 @@ def fit_weights(
         got = tuple(np.shape(source[key]))
         if got == tuple(shape):
             loaded[key] = np.asarray(source[key])
-        elif replace_head and under(key.rpartition(".")[0], head):
-            replaced.append(f"{key}: file {got}, model {tuple(shape)}")
         else:
             misshaped.append(f"{key}: file {got}, model {tuple(shape)}")
-    if replaced:  # a half-loaded head would be worse than a fresh one
-        for key in [k for k in loaded if under(k.rpartition(".")[0], head)]:
-            del loaded[key]
     unexpected = [k for k in source if k not in target]
-    hint = "" if replace_head else " (--pretrained replaces a classification layer that does not fit)"
+    notes = []
+    if replace_head and misshaped:
+
+        def module(entry: str) -> str:
+            return entry.partition(":")[0].rpartition(".")[0]
+
+        # The last layer alone (the tutorial's new last layer), else the whole head, if that is all.
+        for replaced in (head, stack):
+            if all(under(module(e), replaced) for e in misshaped + missing + unexpected):
+                for key in [k for k in loaded if under(k.rpartition(".")[0], replaced)]:
+                    del loaded[key]  # a half-loaded head would be worse than a fresh one
+                what = "classification layer" if replaced == head else "head"
+                notes = [f"{what} {replaced} replaced, freshly initialised ({'; '.join(misshaped)})"]
+                missing = misshaped = unexpected = []
+                break
+    hint = "" if replace_head else " (--pretrained replaces a head that does not fit)"
     if error := mismatch_error(name, missing, unexpected, misshaped, hint):
         raise error
-    notes = [f"classification layer {head} replaced, freshly initialised ({'; '.join(replaced)})"] if replaced else []
     return loaded, notes
 
 

@@ -23,6 +23,7 @@ from jaxvgg.convert import flax_to_torch, torch_to_flax
 from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.freeze import freeze_rule
+from jaxvgg.core.lr_finder import LrSweep, find_lr
 from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
 from jaxvgg.core.sparse import format_sparsity, sparsity
@@ -56,9 +57,11 @@ def build_state(
     steps_per_epoch: int,
     load_weights: bool = True,
     read_weights: WeightReader = read_jax_weights,
+    lr_of_step: Callable | None = None,
 ) -> TrainState:
     """A fresh state; with ``load_weights``, starting from ``--pretrained``/``--init-from`` weights
-    (pruned by ``--prune-amount``). A resumed run passes ``load_weights=False`` and restores over it."""
+    (pruned by ``--prune-amount``). A resumed run passes ``load_weights=False`` and restores over it.
+    ``lr_of_step`` replaces the configured schedule (the learning-rate range test)."""
     model = jaxvgg.create_model(cfg.model, num_classes, **model_options(cfg))
     variables = jaxvgg.init_variables(model, cfg.image_size, cfg.seed)
     source = cfg.pretrained or cfg.init_from
@@ -73,7 +76,7 @@ def build_state(
         print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
         print(format_sparsity(sparsity(flax_to_torch(cfg.model, variables))))
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
-    schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
+    schedule = lr_of_step or make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
     tx = freeze_optimizer(
         make_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum), variables["params"], is_frozen
     )
@@ -130,7 +133,9 @@ class JaxTrainer:
 
     framework = "jax"
 
-    def __init__(self, ctx: RunContext, par: DataParallel, read_weights: WeightReader) -> None:
+    def __init__(
+        self, ctx: RunContext, par: DataParallel, read_weights: WeightReader, lr_of_step: Callable | None = None
+    ) -> None:
         cfg = ctx.cfg
         self.ctx, self.cfg, self.par = ctx, cfg, par
         self.shard = (jax.process_index(), jax.process_count())
@@ -147,7 +152,7 @@ class JaxTrainer:
         self.batches_per_epoch = len(self.train_loader)
         self.device = jax.devices()[0].platform
         self.conv_route = resolve_route(cfg.conv_route)
-        state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights)
+        state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights, lr_of_step)
         self.state = par.replicate(state)
         self.steps = 0
         weights = class_weights(ctx)  # says so when --teacher leaves them out
@@ -258,6 +263,9 @@ def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict
     par.check_batch_size(cfg.batch_size)
     ctx = prepare_run(cfg, "jax", main=par.is_main, barrier=par.barrier)
     with removed_if_unfinished(ctx):
+        if cfg.find_lr:
+            sweep = LrSweep()
+            return find_lr(ctx, JaxTrainer(ctx, par, read_weights, lr_of_step=sweep.lr), sweep)
         return driver.train(ctx, JaxTrainer(ctx, par, read_weights))
 
 

@@ -31,7 +31,7 @@ def main() -> None:
     from jaxvgg.train.loop import fit
 
     fit(cfg, read_weights)  # --pretrained/--init-from/--teacher: .pth files and runs of either framework
-    if not cfg.data_dir and cfg.model != "vgg16_manual":
+    if not cfg.data_dir and not cfg.find_lr and cfg.model != "vgg16_manual":
         print(
             "\nThe tutorial's full VGG-16 run on your own PlantVillage potato images:\n"
             "  python scripts/train_jax.py --preset tutorial --data-dir PotatoPlants/"
