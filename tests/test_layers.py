@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import jaxvgg
+import jaxvgg.core
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = "import sys\nfor name in {names!r}:\n    sys.modules[name] = None  # import fails, as if not installed\n"

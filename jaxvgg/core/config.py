@@ -1,72 +1,249 @@
 """Every training setting in one place, the presets, and the command-line flags built from them.
 
-Both ``scripts/train_jax.py`` and ``scripts/train_torch.py`` take exactly these flags.
+Both ``scripts/train_jax.py`` and ``scripts/train_torch.py`` take exactly these flags. Each
+setting is described once, in its field's metadata (:func:`setting`): group, help, choices and
+the default as ``--help`` shows it; the flags, their help and the checks of :func:`validate_values`
+are built from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import check_freeze
+from jaxvgg.core.settings_file import read_mapping
 from jaxvgg.core.specs import MODELS, get_spec
+from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 CONV_ROUTES = ("auto", "cpu", "xla", "im2col")  # auto: jaxvgg.ops.conv.route_for_platform
+CLASS_WEIGHTS = ("none", "balanced")
+SPLITS = ("stratified", "random")
+PRECISIONS = ("fp32", "bf16")
+PRUNE_SCOPES = ("layer", "global")
+
+# The groups of --help, in order: key -> (title, description).
+GROUPS = {
+    "settings": ("where settings come from", "defaults < --preset < --config file < flags given, whatever their order"),
+    "data": ("data", None),
+    "model": ("model", None),
+    "optimisation": ("optimisation", None),
+    "schedule": ("epochs, schedule and early stopping", None),
+    "run": ("run folder", None),
+    "transfer": ("transfer: starting weights", None),
+    "compression": ("compression: pruning and distillation", None),
+    "devices": ("devices and invocation", "settings of this invocation: --resume takes them from its command line"),
+}
+
+
+def setting(
+    default: Any,
+    group: str,
+    help: str,
+    *,
+    choices: Sequence[str] = (),
+    shown: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A :class:`TrainConfig` field and all its flag says: ``group`` (a key of :data:`GROUPS`),
+    ``help``, the ``choices`` a value must be one of, and ``shown``, the default as ``--help``
+    prints it where the field's own default (None, or filled in later) would not say it."""
+    metadata = {"group": group, "help": help, "choices": tuple(choices), "shown": shown, "metavar": metavar}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _model_learning_rates() -> str:
+    """Each model's own learning rate, from the model table: the default of ``--lr``."""
+    by_lr: dict[float, list[str]] = {}
+    for name, spec in MODELS.items():
+        by_lr.setdefault(spec.default_lr, []).append(name)
+    common = max(by_lr, key=lambda lr: len(by_lr[lr]))
+    parts = [f"{lr:g} for {', '.join(names)}" for lr, names in by_lr.items() if lr != common]
+    return f"the model's own: {'; '.join(parts)}; {common:g} for the other models"
 
 
 @dataclasses.dataclass
 class TrainConfig:
     # The main job: a VGG-16 that learns the built-in set in minutes on two CPU cores (docs/recipes.md).
-    model: str = "vgg16_gap_bn"
-    data_dir: str | None = None  # None: the built-in synthetic dataset
-    image_size: int = 32
-    batch_size: int = 32
-    epochs: int = 5
-    lr: float | None = None  # None: the model's own default (ModelSpec.default_lr)
-    weight_decay: float = 1e-5
-    optimizer: str = "adam"
-    class_weights: str = "balanced"  # rare classes weigh more in the training loss; none: plain loss
-    schedule: str = "cosine"
-    step_size: int = 30  # StepLR
-    gamma: float = 0.1  # StepLR
-    momentum: float = 0.9  # SGD
-    patience: int = 10  # early stopping: epochs without a better validation accuracy
-    seed: int = 0
-    augment: bool = False
-    split: str = "stratified"
-    split_file: str | None = None  # re-use another run's split.json
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1  # of the training split, held out for model selection; 0: validate on test (tutorial)
-    out_dir: str | None = None
-    overwrite: bool = False  # replace the run files of an existing --out-dir
-    workers: int | None = None
-    strict: bool = False  # unreadable images are an error instead of being skipped
-    resume: str | None = None  # a run folder to continue
-    pretrained: str | None = None  # starting weights (.pth or run folder); a head that does not fit is replaced
-    init_from: str | None = None  # starting weights that must fit exactly (a run folder or .pth)
-    freeze: str = "none"  # none, backbone, or comma-separated torch module prefixes
-    prune_amount: float = 0.0  # L1-prune this fraction of conv/linear weights at the start, keep them 0
-    prune_scope: str = "layer"  # per layer (l1_unstructured) or global (global_unstructured)
-    teacher: str | None = None  # knowledge distillation from this run folder
-    temperature: float = 4.0  # distillation softmax temperature T
-    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha for the labels
-    dataset_seed: int = 0  # built-in dataset
-    dataset_counts: tuple[int, int, int] = (1000, 1000, 152)
-    find_lr: bool = False  # run the learning-rate range test instead of training
-    max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
-    log_every: int = 10  # read the training metrics back every N steps (not every step: no wait per step)
-    precision: str = "fp32"  # fp32, or bf16: bfloat16 compute, float32 weights, optimizer and loss
-    conv_route: str = "auto"  # JAX convolutions: auto (the backend's), cpu, xla or im2col
-    devices: int | None = None  # data-parallel over this many devices (default: all)
-    coordinator: str | None = None  # HOST:PORT of process 0, for multi-host runs
-    num_processes: int = 1
-    process_id: int = 0
+    model: str = setting(
+        "vgg16_gap_bn", "model", "the network (scripts/summary.py --model NAME prints it)", choices=sorted(MODELS)
+    )
+    data_dir: str | None = setting(
+        None,
+        "data",
+        "ImageFolder root: one sub-folder of images per class",
+        shown="the built-in dataset",
+        metavar="DIR",
+    )
+    image_size: int = setting(32, "data", "square input size in pixels")
+    batch_size: int = setting(32, "optimisation", "images per optimizer step (over all devices together)")
+    epochs: int = setting(5, "schedule", "maximum epochs (also T_max of the cosine schedule)")
+    lr: float | None = setting(
+        None, "optimisation", "base learning rate; config.json records the rate used", shown=_model_learning_rates()
+    )
+    weight_decay: float = setting(
+        1e-5, "optimisation", "weight decay (coupled L2 for adam and sgd, decoupled for adamw)"
+    )
+    optimizer: str = setting("adam", "optimisation", "the optimizer", choices=OPTIMIZERS)
+    class_weights: str = setting(
+        "balanced",
+        "optimisation",
+        "balanced: each class's training loss weighted by n / (classes x n_class), as torch's "
+        "CrossEntropyLoss(weight=...), for imbalanced data such as PlantVillage's 1000/1000/152 potatoes; "
+        "none: the plain loss",
+        choices=CLASS_WEIGHTS,
+    )
+    schedule: str = setting(
+        "cosine", "schedule", "cosine (CosineAnnealingLR), step (StepLR) or constant, per epoch", choices=SCHEDULES
+    )
+    step_size: int = setting(30, "schedule", "step schedule: epochs between decays (StepLR step_size)")
+    gamma: float = setting(0.1, "schedule", "step schedule: factor of each decay (StepLR gamma)")
+    momentum: float = setting(0.9, "optimisation", "momentum of sgd")
+    patience: int = setting(10, "schedule", "early stopping: epochs without a better validation accuracy")
+    seed: int = setting(0, "data", "seed of the split, the initial weights and the batch order")
+    augment: bool = setting(False, "data", "RandomResizedCrop + RandomHorizontalFlip for training")
+    split: str = setting("stratified", "data", "how the images are split into train, val and test", choices=SPLITS)
+    split_file: str | None = setting(
+        None,
+        "data",
+        "re-use a split.json (e.g. another run's, of either framework) so both runs see the same images",
+        shown="a new split (--split, --seed)",
+        metavar="FILE",
+    )
+    test_fraction: float = setting(0.2, "data", "fraction of the images held out as the test split")
+    val_fraction: float = setting(
+        0.1,
+        "data",
+        "fraction of the training split held out for validation (best model, early stopping); the test split "
+        "is then used once, at the end. 0: validate on the test split, as the tutorial",
+    )
+    out_dir: str | None = setting(
+        None,
+        "run",
+        "run folder; it must be new or empty",
+        shown="runs/<YYYYmmdd-HHMMSS>-<model>-jax, or -torch from PyTorch; -2, -3 ... if taken",
+        metavar="DIR",
+    )
+    overwrite: bool = setting(
+        False, "run", "replace the run files of an existing --out-dir (other files in it are kept)"
+    )
+    tensorboard: bool = setting(
+        False,
+        "run",
+        "also write the per-epoch scalars as TensorBoard event files into the run folder "
+        "(needs tensorboardX: pip install 'jaxvgg[tensorboard]')",
+    )
+    workers: int | None = setting(
+        None,
+        "devices",
+        "image-loading workers: the JAX loader's threads (0: the default), PyTorch's DataLoader processes "
+        "(at most 4; 0: in the main process)",
+        shown="JAX: CPU count, at most 8; PyTorch: 2",
+    )
+    strict: bool = setting(False, "data", "stop on unreadable images instead of skipping them")
+    resume: str | None = setting(
+        None,
+        "run",
+        "continue the run in this folder from its last checkpoint; of its settings only --epochs, --patience, "
+        "--tensorboard and those of the invocation may change",
+        shown="a new run",
+        metavar="RUN_DIR",
+    )
+    pretrained: str | None = setting(
+        None,
+        "transfer",
+        "start from these weights: a torchvision-format .pth state_dict or a run folder; a classification "
+        "layer of the wrong shape is replaced for this dataset's classes",
+        shown="random initialisation",
+        metavar="PATH",
+    )
+    init_from: str | None = setting(
+        None,
+        "transfer",
+        "start a new run from another run's weights (run folder or .pth); everything must fit",
+        shown="random initialisation",
+        metavar="PATH",
+    )
+    freeze: str = setting(
+        "none",
+        "transfer",
+        "none, backbone (all but the classification layer) or comma-separated torch module prefixes "
+        "such as features,classifier.0",
+        metavar="LAYERS",
+    )
+    prune_amount: float = setting(
+        0.0,
+        "compression",
+        "L1-prune this fraction of every conv/linear weight of the starting model (with --init-from or "
+        "--pretrained) and fine-tune with the pruned weights held at 0",
+    )
+    prune_scope: str = setting(
+        "layer",
+        "compression",
+        "layer: torch's l1_unstructured per layer; global: global_unstructured",
+        choices=PRUNE_SCOPES,
+    )
+    teacher: str | None = setting(
+        None,
+        "compression",
+        "knowledge distillation: a trained run folder (JAX or PyTorch) whose model teaches this one",
+        shown="no distillation",
+        metavar="RUN_DIR",
+    )
+    temperature: float = setting(4.0, "compression", "distillation softmax temperature T")
+    alpha: float = setting(0.7, "compression", "distillation: weight of the teacher term (1 - alpha weighs the labels)")
+    dataset_seed: int = setting(0, "data", "built-in dataset: seed of the drawing")
+    dataset_counts: tuple[int, int, int] = setting(
+        DEFAULT_COUNTS, "data", f"built-in dataset: images per class ({', '.join(CLASSES)})", metavar="N"
+    )
+    find_lr: bool = setting(
+        False,
+        "optimisation",
+        "instead of training, run a learning-rate range test (100 steps, lr 1e-7 -> 1) and suggest an --lr; "
+        "writes lr_find.png and lr_find.json into the run folder",
+    )
+    max_steps: int | None = setting(
+        None, "devices", "stop after this many optimizer steps (smoke tests, benchmarks)", shown="no limit"
+    )
+    log_every: int = setting(
+        10,
+        "devices",
+        "read the training loss back (progress, NaN check) every N steps, so no step waits for the one "
+        "before; the sums stay exact",
+    )
+    precision: str = setting(
+        "fp32",
+        "devices",
+        "bf16: mixed precision, bfloat16 compute with float32 weights, optimizer and loss (torch: autocast)",
+        choices=PRECISIONS,
+    )
+    conv_route: str = setting(
+        "auto",
+        "devices",
+        "how JAX computes convolutions: auto (cpu on a CPU, XLA's own, i.e. cuDNN, on a GPU or TPU), cpu "
+        "(im2col GEMMs tuned for XLA:CPU), xla or im2col; PyTorch ignores it",
+        choices=CONV_ROUTES,
+    )
+    devices: int | None = setting(
+        None, "devices", "data-parallel over the first N devices (--batch-size is the global batch)", shown="all"
+    )
+    coordinator: str | None = setting(
+        None,
+        "devices",
+        "multi-host: HOST:PORT of process 0 (jax.distributed.initialize; PyTorch: the DDP rendezvous)",
+        shown="one process",
+        metavar="HOST:PORT",
+    )
+    num_processes: int = setting(1, "devices", "multi-host: number of processes")
+    process_id: int = setting(0, "devices", "multi-host: this process's index, 0 .. N-1")
 
     def __post_init__(self) -> None:
         if self.lr is None:  # resolved here, so config.json records the rate the run used
@@ -125,11 +302,15 @@ INVOCATION_SETTINGS = (
     "precision",
     "overwrite",
 )
-CLASS_WEIGHTS = ("none", "balanced")
 # What a config.json written before a setting existed meant by leaving it out.
 LEGACY_SETTINGS = {"class_weights": "none"}
 # Settings a resumed run may change: they apply from the next epoch on, and the run says so.
-RESUMABLE_CHANGES = ("epochs", "patience")
+RESUMABLE_CHANGES = ("epochs", "patience", "tensorboard")
+# Where a run was written, not how it trains: a run's config.json read by --config leaves them to
+# the command line, so repeating a run never continues or overwrites the original.
+FOLDER_SETTINGS = ("out_dir", "overwrite", "resume")
+# What config.json records beside the settings; --config takes the file as it is and skips them.
+RUN_RECORDS = ("framework", "classes")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
@@ -163,73 +344,121 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_HELP = {
-    "model": "model name (see scripts/summary.py --help)",
-    "data_dir": "ImageFolder root (one sub-folder per class); default: the built-in dataset",
-    "image_size": "square input size in pixels",
-    "epochs": "maximum epochs (also T_max of the cosine schedule)",
-    "lr": "base learning rate (default: the model's own: 5e-4 for vgg16_gap_bn and vgg16_dsconv_bn, 1e-3 for "
-    "resnet50 and student_cnn, 1e-4 (the tutorial's) for the other VGGs)",
-    "weight_decay": "weight decay (coupled L2 for adam/sgd, decoupled for adamw)",
-    "class_weights": "none, or balanced: each class's training loss weighted by n / (classes x n_class), "
-    "as torch's CrossEntropyLoss(weight=...); for imbalanced data such as PlantVillage's 1000/1000/152 potatoes",
-    "schedule": "cosine (CosineAnnealingLR), step (StepLR) or constant",
-    "patience": "early stopping: epochs without a better validation accuracy",
-    "augment": "RandomResizedCrop + RandomHorizontalFlip for training",
-    "split": "stratified (default) or random",
-    "split_file": "re-use a split.json (e.g. from another run) so both runs see the same images",
-    "val_fraction": "hold out this stratified fraction of the training split for validation (best model, "
-    "early stopping); the test split is then used once, at the end. 0: validate on the test split, as the tutorial",
-    "out_dir": "run folder (default runs/<time>-<model>-<framework>); it must be new or empty",
-    "overwrite": "replace the run files of an existing --out-dir (other files in it are kept)",
-    "workers": "image-loading threads (default: CPU count, at most 8)",
-    "strict": "stop on unreadable images instead of skipping them",
-    "resume": "continue the run in this folder from its last checkpoint",
-    "pretrained": "start from these weights: a torchvision-format .pth state_dict or a run folder; "
-    "a classification layer of the wrong shape is replaced for this dataset's classes",
-    "init_from": "start a new run from another run's weights (run folder or .pth); everything must fit",
-    "freeze": "none, backbone (all but the classification layer) or comma-separated layer prefixes "
-    "such as features,classifier.0",
-    "find_lr": "instead of training, run a learning-rate range test (100 steps, lr 1e-7 -> 1) and suggest an --lr; "
-    "writes lr_find.png and lr_find.json into the run folder",
-    "max_steps": "stop after this many optimizer steps",
-    "log_every": "read the training loss back (progress bar, NaN check) every N steps; sums stay exact",
-    "prune_amount": "L1-prune this fraction of every conv/linear weight of the starting model "
-    "(with --init-from/--pretrained) and fine-tune with the pruned weights held at 0",
-    "prune_scope": "layer (torch l1_unstructured per layer) or global (global_unstructured)",
-    "teacher": "knowledge distillation: a trained run folder (JAX or PyTorch) whose model teaches this one",
-    "temperature": "distillation temperature T",
-    "alpha": "distillation: weight of the teacher term (1 - alpha weighs the labels)",
-    "conv_route": "how JAX computes convolutions: auto (cpu on a CPU, XLA's own, i.e. cuDNN, on a GPU/TPU), "
-    "cpu (im2col GEMMs tuned for XLA:CPU), xla or im2col; PyTorch ignores it",
-    "precision": "fp32, or bf16 (mixed: bfloat16 compute, float32 master weights, optimizer and loss; torch: autocast)",
-    "devices": "data-parallel over the first N devices (default: all; --batch-size is the global batch)",
-    "coordinator": "multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
-    "num_processes": "multi-host: number of processes",
-    "process_id": "multi-host: this process's index, 0 .. N-1",
-}
+
+def _as_flag(name: str, value: Any) -> str:
+    """``name = value`` as the command line says it (``--no-augment``, ``--lr 0.0001``)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, named like the tutorial's variables (``--lr``, ``--batch-size`` …)."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="start from these settings")
+def _one_of(choices: Sequence[str]) -> str:
+    return " or ".join(choices) if len(choices) == 2 else f"one of {', '.join(choices)}"
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    if isinstance(f.default, tuple):
+        return " ".join(map(str, f.default))
+    return str(f.default)
+
+
+def _metavar(f: dataclasses.Field) -> str | None:
+    """``{a,b,c}`` for a short list of choices (argparse's own look); a name for a long one."""
+    choices = f.metadata["choices"]
+    if choices and len(",".join(choices)) <= 24:
+        return "{" + ",".join(choices) + "}"
+    return f.metadata["metavar"] or (f.name.upper() if choices else None)
+
+
+def _help(f: dataclasses.Field) -> str:
+    """The field's help, its choices where the metavar does not list them, and one default."""
+    text = f.metadata["help"]
+    if f.metadata["choices"] and not (_metavar(f) or "").startswith("{"):
+        text += f"; one of: {', '.join(f.metadata['choices'])}"
+    return f"{text} (default: {_shown_default(f)})".replace("%", "%%")  # argparse formats help with %
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per setting, named like the tutorial's variables (``--lr``, ``--batch-size`` …), in
+    the groups of :data:`GROUPS`, plus ``--preset`` and ``--config``; returns the groups by key,
+    for a script's own flags."""
+    groups = {key: parser.add_argument_group(title, text) for key, (title, text) in GROUPS.items()}
+    presets = "; ".join(
+        f"{name}: {' '.join(_as_flag(*kv) for kv in values.items()) or 'the defaults'}"
+        for name, values in PRESETS.items()
+    )
+    groups["settings"].add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help=f"start from a group of settings ({presets}) (default: none)",
+    )
+    groups["settings"].add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="settings from a JSON or YAML file (names as in config.json), or from a run folder (its "
+        "config.json: to repeat that run); the flags given override it (default: none)",
+    )
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = _HELP.get(f.name, "") + ("" if f.default is None else f" (default: {f.default})")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name == "dataset_counts":
-            parser.add_argument(
-                flag, type=int, nargs=3, default=None, metavar="N", help="built-in dataset: images per class"
+        if "help" not in f.metadata:
+            raise TypeError(
+                f"TrainConfig.{f.name}: declare it with setting(...), which gives its flag a group and help"
             )
+        if f.default is None and not f.metadata["shown"]:
+            raise TypeError(f"TrainConfig.{f.name}: a default of None needs shown=..., what None means")
+        group, flag, help_text = groups[f.metadata["group"]], "--" + f.name.replace("_", "-"), _help(f)
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.type == "tuple[int, int, int]":
+            group.add_argument(flag, type=int, nargs=3, default=None, metavar=_metavar(f), help=help_text)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+            metavar = _metavar(f) or ("N" if kind is int else None)  # --log-every N: "every N steps"
+            group.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+    return groups
+
+
+def read_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The preset and the settings of a ``--config`` file, each checked as a ``config.json``'s is.
+
+    The file (JSON or YAML; a folder means its ``config.json``) maps setting names to values as
+    ``config.json`` does, with an optional ``preset``. A run's own ``config.json`` (it records
+    the ``framework``) gives everything but its folder: :data:`FOLDER_SETTINGS`.
+    """
+    source, raw = read_mapping(path)
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in raw:
+        if key not in (*names, "preset", *RUN_RECORDS):
+            close = difflib.get_close_matches(str(key), names, n=1)
+            raise UserError(f"{source}: unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    preset = raw.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"{source}: preset {preset!r}: choose {_one_of(sorted(PRESETS))}")
+    record = "framework" in raw
+    settings = {k: v for k, v in LEGACY_SETTINGS.items() if k not in raw} if record else {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in raw and not (record and f.name in FOLDER_SETTINGS):
+            settings[f.name] = _typed(f.name, f.type, raw[f.name], source)
+    try:  # the file's values on their own: a bad one is the file's, whatever the command line adds
+        validate_values(TrainConfig(**{**PRESETS.get(preset or "quick", {}), **settings}))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return preset, settings
 
 
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The preset's settings, then every flag given on the command line."""
-    values: dict[str, Any] = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
+    """What was asked for, each over the one before: the preset (``--preset``, else the file's),
+    the ``--config`` file's settings, then every flag given on the command line."""
+    preset, from_file = read_config_file(args.config) if getattr(args, "config", None) else (None, {})
+    preset = getattr(args, "preset", None) or preset
+    values: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    values.update(from_file)
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
@@ -238,8 +467,8 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the preset, then every flag given explicitly; with ``--resume``, the run's
-    saved settings, which the flags given may change only as :func:`resume_config` allows."""
+    """Defaults, then the preset, the ``--config`` file and every flag given explicitly; with
+    ``--resume``, the run's saved settings, which the rest may change only as :func:`resume_config` allows."""
     values = explicit_settings(args)
     if values.get("resume"):
         cfg, _ = resume_config(values["resume"], values)
@@ -304,14 +533,10 @@ def already_resumed(cfg: TrainConfig, saved: TrainConfig) -> bool:
 def validate_values(cfg: TrainConfig) -> None:
     """Names and ranges of every setting, without touching the file system: the check for a
     command line and for a run folder's ``config.json`` alike."""
-    if cfg.model not in MODELS:
-        raise UserError(f"--model {cfg.model!r}: choose one of {', '.join(sorted(MODELS))}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.class_weights not in CLASS_WEIGHTS:
-        raise UserError(f"--class-weights {cfg.class_weights!r}: choose one of {', '.join(CLASS_WEIGHTS)}")
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"--schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for f in dataclasses.fields(cfg):  # the choices of each setting, from its field (model first)
+        value = getattr(cfg, f.name)
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise UserError(f"--{f.name.replace('_', '-')} {value!r}: choose {_one_of(f.metadata['choices'])}")
     for name in ("image_size", "batch_size", "epochs", "step_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -323,18 +548,10 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError("--patience must be at least 1")
     if not (0 < cfg.test_fraction < 1 and 0 <= cfg.val_fraction < 1):
         raise UserError("--test-fraction must be in (0, 1) and --val-fraction in [0, 1)")
-    if cfg.split not in ("stratified", "random"):
-        raise UserError(f"--split {cfg.split!r}: choose stratified or random")
     if cfg.workers is not None and cfg.workers < 0:
         raise UserError(f"--workers {cfg.workers}: must be 0 or more")
-    if cfg.conv_route not in CONV_ROUTES:
-        raise UserError(f"--conv-route {cfg.conv_route!r}: choose one of {', '.join(CONV_ROUTES)}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision {cfg.precision!r}: choose fp32 or bf16")
     if not 0.0 <= cfg.prune_amount < 1.0:
         raise UserError(f"--prune-amount {cfg.prune_amount}: must be in [0, 1)")
-    if cfg.prune_scope not in ("layer", "global"):
-        raise UserError(f"--prune-scope {cfg.prune_scope!r}: choose layer or global")
     if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
         raise UserError("--temperature must be positive and --alpha in [0, 1]")
     if cfg.pretrained and cfg.init_from:

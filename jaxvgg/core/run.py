@@ -1,7 +1,8 @@
 """What every training run does around the framework-specific loop; shared by jaxvgg and torchref.
 
 A run folder holds ``config.json``, ``split.json``, ``history.json``, ``metrics.json``,
-``curves.png``, ``confusion.png`` and the checkpoints, whichever framework trained it.
+``curves.png``, ``confusion.png`` and the checkpoints (with ``--tensorboard``, event files too),
+whichever framework trained it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from jaxvgg.core.sparse import SPARSE_BEST, compact_bytes, format_sparsity, spar
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.split import Split, load_split, make_split, save_split
 from jaxvgg.core.synthetic import ensure_dataset
+from jaxvgg.core.tensorboard import EVENT_FILES, EpochScalars, require_writer
 
 # The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
 CHECKPOINTS = {"jax": ("best.msgpack", "last.msgpack"), "torch": ("best.pth", "last.pth")}
@@ -74,6 +76,7 @@ class RunContext:
     created: bool = False  # this run made out_dir (so a failure before any checkpoint removes it)
     config_changed: bool = False  # a resumed run whose --epochs/--patience changed: config.json to rewrite
     reference_loss: float | None = None  # the first training loss seen, for the divergence check
+    scalars: EpochScalars | None = None  # --tensorboard: opened at the first epoch's end
 
     @property
     def classes(self) -> list[str]:
@@ -141,6 +144,8 @@ def check_inputs_outside(cfg: TrainConfig, out_dir: Path) -> None:
 def _clear_run_files(out_dir: Path) -> None:
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    for path in out_dir.glob(EVENT_FILES):  # an earlier run's TensorBoard scalars would mix with this one's
+        path.unlink(missing_ok=True)
 
 
 def _read_history(out_dir: Path) -> list[dict[str, Any]]:
@@ -237,6 +242,8 @@ def _prepare(
     barrier: Callable[[str], None],
     reserved: bool = False,
 ) -> RunContext:
+    if cfg.tensorboard and main:  # only the main process writes them
+        require_writer()
     root = data_root(cfg)
     data = scan_image_folder(root, strict=cfg.strict)
     for path, reason in data.skipped:
@@ -332,7 +339,8 @@ def end_epoch(
     train_s: float,
     improved: bool,
 ) -> dict[str, Any]:
-    """Record the epoch in ``history.json`` and ``curves.png`` and print the tutorial's epoch line."""
+    """Record the epoch in ``history.json``, ``metrics.csv``, ``curves.png`` (and TensorBoard's events)
+    and print the tutorial's epoch line."""
     n = max(sums.count, 1)
     row = {
         "epoch": epoch + 1,
@@ -350,6 +358,10 @@ def end_epoch(
         write_json(ctx.out_dir / "history.json", ctx.history)
         write_text(ctx.out_dir / "metrics.csv", history_csv(ctx.history))
         plot_curves(ctx.history, ctx.out_dir / "curves.png", title=f"{ctx.cfg.model}", val_split=ctx.val_subset)
+        if ctx.cfg.tensorboard:
+            if ctx.scalars is None:
+                ctx.scalars = EpochScalars(ctx.out_dir, row["epoch"], resumed=bool(ctx.cfg.resume))
+            ctx.scalars.write(row)
     print(
         f"epoch {epoch + 1}/{ctx.cfg.epochs}  lr {lr:.2e}  train loss {row['train_loss']:.4f} acc "
         f"{row['train_acc']:.3f}  {ctx.val_subset} loss {ev['loss']:.4f} acc {ev['acc']:.3f}"
@@ -453,6 +465,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """The best model's test report, the same for both frameworks: ``metrics.json``,
     ``confusion.png`` and the closing line. ``parameters`` is (trainable, frozen)."""
+    if ctx.scalars is not None:  # every epoch is written: let the writer's thread go
+        ctx.scalars.close()
+        ctx.scalars = None
     report = {
         **classification_report(ev["labels"], ev["preds"], ctx.classes),
         "loss": ev["loss"],

@@ -18,8 +18,8 @@ from jaxvgg.tools.weights import read_weights
 def main() -> None:
     keep_freed_memory()  # see jaxvgg/core/hostmem.py: freed buffers are reused, not faulted in again
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.add_argument("--device", help="force cpu, cuda or mps (default: MPS, then CUDA, then CPU)")
+    groups = add_arguments(parser)
+    groups["devices"].add_argument("--device", help="force cpu, cuda or mps (default: MPS, then CUDA, then CPU)")
     args = parser.parse_args()
     cfg = config_from_args(args)
     from torchref.train import fit
