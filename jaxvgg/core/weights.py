@@ -2,7 +2,8 @@
 
 A file or run folder is read by a :data:`WeightReader` that the caller passes in (each
 framework reads its own files; :func:`jaxvgg.tools.weights.read_weights` reads either), and
-:func:`fit_weights` checks the entries against the model that takes them.
+:func:`fit_weights` checks the entries against the model that takes them, after reading the
+tutorial's own layer names as ours (:mod:`jaxvgg.core.tutorial_keys`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from jaxvgg.core.config import run_framework
 from jaxvgg.core.errors import UserError, WeightMismatchError
 from jaxvgg.core.freeze import head_module, under
+from jaxvgg.core.tutorial_keys import from_tutorial
 
 StateDict = dict[str, np.ndarray]
 WeightReader = Callable[[str | Path], StateDict]  # a .pth/.msgpack file or a run folder -> torch-named arrays
@@ -59,8 +61,10 @@ def fit_weights(
     absent from the result, so the caller keeps fresh ones); when the other layers of the head do
     not fit either (a light head from a VGG-16 run), the whole head is left out. Every other
     mismatch is an error naming the entries. ``num_batches_tracked`` is optional: our BatchNorm
-    does not use it.
+    does not use it. A file in the tutorial's layout (``block1.0.weight``) is read under our
+    names, and a note says so.
     """
+    source, tutorial = from_tutorial(source, name)
     head = head_module(name)
     stack = head.split(".")[0]  # the whole head: "classifier" (VGG) or "fc" (ResNet)
     loaded: StateDict = {}
@@ -76,7 +80,7 @@ def fit_weights(
         else:
             misshaped.append(f"{key}: file {got}, model {tuple(shape)}")
     unexpected = [k for k in source if k not in target]
-    notes = []
+    notes: list[str] = []
     if replace_head and misshaped:
 
         def module(entry: str) -> str:
@@ -92,8 +96,10 @@ def fit_weights(
                 missing = misshaped = unexpected = []
                 break
     hint = "" if replace_head else " (--pretrained replaces a head that does not fit)"
+    hint += f" ({tutorial}; names below are the model's)" if tutorial else ""
     if error := mismatch_error(name, missing, unexpected, misshaped, hint):
         raise error
+    notes = [tutorial, *notes] if tutorial else notes
     return loaded, notes
 
 

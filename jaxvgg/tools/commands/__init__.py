@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "re-evaluate a run's best model on its test split or a folder"),
     "compare": ("compare", "train in both frameworks on one split and report"),
     "summary": ("summary", "print a torchsummary-style table of any model"),
+    "export": ("export", "write a run's best model as a plain .pth, ONNX or Flax msgpack"),
     "lighten": ("lighten", "the tutorial's light-model table, both frameworks"),
     "distill": ("distill", "knowledge distillation into a small student"),
     "bench": ("bench", "time train and eval steps, JAX against PyTorch"),

@@ -1,14 +1,16 @@
-"""Print a torchsummary-style table of any model, in JAX or PyTorch.
+"""Print a torchsummary-style table of any model, in JAX or PyTorch; ``--diagram`` also draws it.
 
 python scripts/summary.py --model vgg16 [--framework jax|torch] [--image-size 224] [--num-classes 3]
-                          [--freeze none|backbone|PREFIXES]
+                          [--freeze none|backbone|PREFIXES] [--diagram vgg16.png|.svg|.pdf]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from jaxvgg.core.cli import main_guard
+from jaxvgg.core.diagram import FORMATS, draw_model
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import check_freeze, freeze_rule
 from jaxvgg.core.specs import MODELS, size_options
@@ -25,13 +27,19 @@ def main() -> None:
     p.add_argument(
         "--conv-route", choices=["cpu", "xla", "im2col"], help="JAX convolution route (default: the backend's)"
     )
+    p.add_argument("--diagram", metavar="FILE", help="also draw the network as blocks (.png, .svg or .pdf)")
     args = p.parse_args()
     if args.image_size < 1 or args.num_classes < 1:
         raise UserError("--image-size and --num-classes must be positive")
+    if args.diagram and Path(args.diagram).suffix.lower() not in FORMATS:
+        raise UserError(f"--diagram {args.diagram}: the file must end in {', '.join(FORMATS)}")
     check_freeze(args.model, args.freeze)
     is_frozen = freeze_rule(args.model, args.freeze)
     options = size_options(args.model, args.image_size)
     try:
+        if args.diagram:  # first: it needs neither framework, and a bad size fails here in one line
+            Path(args.diagram).parent.mkdir(parents=True, exist_ok=True)
+            blocks = draw_model(args.model, args.diagram, args.image_size, args.num_classes)
         if args.framework == "jax":
             from jaxvgg.models import create_model, variable_shapes
             from jaxvgg.summary import flax_summary
@@ -55,6 +63,9 @@ def main() -> None:
     size = f"{args.image_size}x{args.image_size}"
     print(f"{args.model} ({args.framework}), input 3x{size}, {args.num_classes} classes{route}")
     print(summary.format())
+    if args.diagram:
+        stages = sum(b.kind == "conv" for b in blocks)
+        print(f"diagram: {args.diagram} ({len(blocks)} blocks, {stages} convolution stages)")
 
 
 if __name__ == "__main__":
