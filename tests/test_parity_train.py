@@ -107,6 +107,33 @@ def test_learning_rate_of_every_step_matches_torch_schedulers(schedule, kw):
         sched.step()
 
 
+def test_cosine_rebuilt_is_the_tutorials_new_scheduler_every_epoch():
+    """The tutorial's optimized loop, as it is written: a new CosineAnnealingLR at the top of every
+    epoch, stepped once at its end. Ours (both frameworks) gives the same rate every epoch."""
+    from torchref.train import TorchTrainer
+
+    epochs, spe, base = 100, 3, 3e-4
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    cfg = TrainConfig(schedule="cosine_rebuilt", epochs=epochs, lr=base)
+    trainer = TorchTrainer.__new__(TorchTrainer)  # only its scheduler handling, without a run
+    trainer.cfg, trainer.optimizer, trainer.net, trainer.frozen_bn = cfg, opt, torch.nn.Identity(), []
+    ours = make_schedule("cosine_rebuilt", base, epochs, spe)
+    for epoch in range(epochs):
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # the tutorial's line
+        tutorial_lr = opt.param_groups[0]["lr"]
+        assert epoch_lr("cosine_rebuilt", base, epoch, epochs) == pytest.approx(tutorial_lr, rel=1e-9)
+        assert float(ours(epoch * spe + 1)) == pytest.approx(tutorial_lr, rel=1e-5)
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.927e-4, rel=1e-3), "almost flat: the tutorial's bug"
+    # torchref's trainer does what the tutorial does.
+    opt.param_groups[0]["lr"] = base
+    for epoch in range(epochs):
+        assert trainer.start_epoch(epoch) == pytest.approx(epoch_lr("cosine_rebuilt", base, epoch, epochs), rel=1e-9)
+        opt.step()
+        trainer.end_epoch()
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_optimizer_steps_agree(name):
     rng = np.random.RandomState(1)

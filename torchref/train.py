@@ -50,7 +50,8 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    if cfg.schedule == "cosine":
+    """The epoch scheduler; ``cosine_rebuilt`` gets a new one every epoch (see ``start_epoch``)."""
+    if cfg.schedule in ("cosine", "cosine_rebuilt"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -209,6 +210,8 @@ class TorchTrainer:
 
     def start_epoch(self, epoch: int) -> float:
         train_mode(self.net, self.frozen_bn)
+        if self.cfg.schedule == "cosine_rebuilt":  # as the tutorial's optimized loop does, bug included
+            self.scheduler = make_scheduler(self.cfg, self.optimizer)
         return self.optimizer.param_groups[0]["lr"]
 
     def train_step(self, batch: Any) -> Any:

@@ -23,7 +23,7 @@ from jaxvgg.core.specs import MODELS, get_spec
 from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "cosine_rebuilt")
 CONV_ROUTES = ("auto", "cpu", "xla", "im2col")  # auto: jaxvgg.ops.conv.route_for_platform
 CLASS_WEIGHTS = ("none", "balanced")
 SPLITS = ("stratified", "random")
@@ -102,7 +102,11 @@ class TrainConfig:
         choices=CLASS_WEIGHTS,
     )
     schedule: str = setting(
-        "cosine", "schedule", "cosine (CosineAnnealingLR), step (StepLR) or constant, per epoch", choices=SCHEDULES
+        "cosine",
+        "schedule",
+        "cosine (CosineAnnealingLR), step (StepLR) or constant, per epoch; cosine_rebuilt: the tutorial's "
+        "optimized version, a new CosineAnnealingLR every epoch (its bug: the rate stays almost flat)",
+        choices=SCHEDULES,
     )
     step_size: int = setting(30, "schedule", "step schedule: epochs between decays (StepLR step_size)")
     gamma: float = setting(0.1, "schedule", "step schedule: factor of each decay (StepLR gamma)")
@@ -327,6 +331,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         schedule="constant",
         patience=40,
         val_fraction=0.0,  # the tutorial picks its best model on the test split
+        split="random",  # torch.utils.data.random_split, not stratified
         class_weights="none",
     ),
     # The tutorial's optimised version: torchvision VGG-16, augmentation, AdamW-free Adam + cosine.

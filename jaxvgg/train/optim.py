@@ -32,7 +32,16 @@ def epoch_lr(
         return base_lr * gamma ** (epoch // step_size)
     if schedule == "constant":
         return base_lr
+    if schedule == "cosine_rebuilt":
+        return eta_min + (base_lr - eta_min) * _rebuilt_factor(epochs) ** epoch
     raise UserError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+def _rebuilt_factor(epochs: int) -> float:
+    """The tutorial's optimized loop builds a new ``CosineAnnealingLR(T_max=epochs)`` every epoch
+    and steps it once: each is at its first step, so the rate only ever takes the cosine's first
+    step, (1 + cos(pi / T)) / 2 of itself (3e-4 -> 2.93e-4 over 100 epochs)."""
+    return (1 + math.cos(math.pi / epochs)) / 2
 
 
 def make_schedule(
@@ -53,6 +62,8 @@ def make_schedule(
             return eta_min + (base_lr - eta_min) * (1 + jnp.cos(jnp.pi * epoch / epochs)) / 2
         if schedule == "step":
             return base_lr * gamma ** (epoch // step_size)
+        if schedule == "cosine_rebuilt":
+            return eta_min + (base_lr - eta_min) * _rebuilt_factor(epochs) ** epoch
         return jnp.full((), base_lr, jnp.float32)
 
     return lr
