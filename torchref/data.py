@@ -85,9 +85,11 @@ def make_loader(
     workers: int,
     num_replicas: int = 1,
     rank: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """``batch_size`` is the global batch; each of ``num_replicas`` training processes loads its share.
-    Evaluation loaders are not split: every process evaluates the whole subset."""
+    Evaluation loaders are not split: every process evaluates the whole subset. ``pin_memory`` (for
+    CUDA) puts batches in page-locked memory, so the copy to the GPU is asynchronous."""
     data = subset(root, paths, transform)
     sampler = EpochSampler(len(data), seed, batch_size, num_replicas, rank) if train else None
     return DataLoader(
@@ -97,6 +99,7 @@ def make_loader(
         drop_last=train,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=pin_memory,
     )
 
 

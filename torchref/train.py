@@ -161,6 +161,7 @@ class TorchTrainer:
             self.workers,
             ddp.world,
             ddp.rank,
+            pin_memory=dev.type == "cuda",
         )
         self.batches_per_epoch = len(self.train_loader)
         model = torchref.create_model(cfg.model, len(ctx.classes), **model_options(cfg))
@@ -179,6 +180,8 @@ class TorchTrainer:
         freeze(model, is_frozen)  # before DDP, which registers the parameters that need gradients
         self.net = ddp.wrap(model, dev)  # what trains; `model` is what is saved and evaluated
         self.model = self.net.module if ddp.active else self.net
+        if cfg.torch_compile:  # the plain module is still what is saved and evaluated
+            self.net = torch.compile(self.net)
         self.frozen_bn = freeze(self.model, is_frozen)
         # Frozen parameters are not given to the optimizer, so it keeps no state for them.
         self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
@@ -197,11 +200,22 @@ class TorchTrainer:
         cfg = self.cfg
         transform = eval_transform(cfg.image_size)
         return make_loader(
-            self.ctx.data.root, self.ctx.split.subsets[subset], transform, cfg.batch_size, False, cfg.seed, self.workers
+            self.ctx.data.root,
+            self.ctx.split.subsets[subset],
+            transform,
+            cfg.batch_size,
+            False,
+            cfg.seed,
+            self.workers,
+            pin_memory=self.dev.type == "cuda",
         )
 
     def placement(self) -> str:
-        return f"device {self.dev}" + (f", {self.ddp.world} processes (DDP)" if self.ddp.active else "")
+        return (
+            f"device {self.dev}"
+            + (f", {self.ddp.world} processes (DDP)" if self.ddp.active else "")
+            + (", torch.compile" if self.cfg.torch_compile else "")
+        )
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
         self.train_loader.sampler.set_epoch(epoch, start)

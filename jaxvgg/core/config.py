@@ -25,6 +25,7 @@ from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "cosine_rebuilt")
 CONV_ROUTES = ("auto", "cpu", "xla", "im2col")  # auto: jaxvgg.ops.conv.route_for_platform
+DATA_CACHES = ("auto", "device", "host", "none")  # auto: jaxvgg.data.cache.placement
 CLASS_WEIGHTS = ("none", "balanced")
 SPLITS = ("stratified", "random")
 PRECISIONS = ("fp32", "bf16")
@@ -236,6 +237,15 @@ class TrainConfig:
         "(im2col GEMMs tuned for XLA:CPU), xla or im2col; PyTorch ignores it",
         choices=CONV_ROUTES,
     )
+    data_cache: str = setting(
+        "auto",
+        "devices",
+        "JAX: decode every image once into uint8 memory and crop, flip and normalise on the device: device, "
+        "host (memory), none (decode each epoch with PIL), auto (device or host on a GPU/TPU when it fits, none "
+        "on a CPU)",
+        choices=DATA_CACHES,
+    )
+    torch_compile: bool = setting(False, "devices", "PyTorch: wrap the model in torch.compile (JAX ignores it)")
     devices: int | None = setting(
         None, "devices", "data-parallel over the first N devices (--batch-size is the global batch)", shown="all"
     )
@@ -297,6 +307,8 @@ INVOCATION_SETTINGS = (
     "find_lr",
     "max_steps",
     "conv_route",
+    "data_cache",
+    "torch_compile",
     "log_every",
     "workers",
     "devices",

@@ -1,9 +1,10 @@
 """A background loader that keeps the compiled step busy.
 
 Threads, not processes: PIL releases the GIL while it decodes and resizes, so a thread pool
-scales over cores without pickling images between processes, and it starts instantly. Every
-random choice depends only on (seed, epoch, position), so an epoch is the same whether it is
-run whole, resumed half-way, or loaded by more workers.
+scales over cores without pickling images between processes, and it starts instantly
+(measured against a process pool: docs/performance.md#the-loader). Every random choice depends
+only on (seed, epoch, position), so an epoch is the same whether it is run whole, resumed
+half-way, or loaded by more workers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Batch:
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {"image": self.image, "label": self.label, "weight": self.weight}
+
+
+def default_workers(workers: int | None) -> int:
+    """``--workers``: the given count, or (None, 0) the CPU count, at most 8."""
+    return workers or min(8, os.cpu_count() or 1)
 
 
 class Loader:
@@ -64,7 +70,7 @@ class Loader:
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
-        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.workers = default_workers(workers)
         self.prefetch = prefetch
         self.rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
 
@@ -77,41 +83,57 @@ class Loader:
             return np.arange(len(self.samples))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.samples))
 
+    def rng(self, epoch: int, position: int) -> np.random.Generator | None:
+        """The random draws of the image at ``position`` of ``epoch`` (None without augmentation)."""
+        return np.random.default_rng([self.seed, epoch, position]) if self.pipeline.augment else None
+
+    def plan(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(epoch positions, sample indices) of this process's rows of each batch from
+        ``start_batch`` on; rows past the end of a short eval batch are left out (padding)."""
+        order = self.order(epoch)
+        for b in range(start_batch, len(self)):
+            positions = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.rows]
+            positions = positions[positions < len(order)]
+            yield positions, order[positions]
+
+    def padded(self, arrays: dict[str, np.ndarray], indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``arrays`` (one row per index) and the labels, zero-padded to this process's rows of a
+        full batch (the compiled shape), and the per-row weights (0 for padding)."""
+        local = self.rows.stop - self.rows.start
+        n = len(indices)
+        labels = np.array([self.samples[i][1] for i in indices], np.int32)
+        weight = np.ones(local, np.float32)
+        weight[n:] = 0
+        out = {}
+        for key, value in {**arrays, "label": labels}.items():
+            pad = np.zeros((local - n, *value.shape[1:]), value.dtype)
+            out[key] = np.concatenate([value[:n], pad]) if n < local else value
+        return out, weight
+
     def _load(self, epoch: int, position: int, index: int) -> np.ndarray:
         path, _ = self.samples[index]
-        rng = np.random.default_rng([self.seed, epoch, position]) if self.pipeline.augment else None
-        return self.pipeline(load_rgb(self.root / path), rng)
+        return self.pipeline(load_rgb(self.root / path), self.rng(epoch, position))
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch``, from ``start_batch`` on (for resuming mid-epoch)."""
-        order = self.order(epoch)
-        bs = self.batch_size
-        local = self.rows.stop - self.rows.start
-        pending: collections.deque[tuple[list[Future], np.ndarray, int]] = collections.deque()
-        batches = iter(range(start_batch, len(self)))
+        pending: collections.deque[tuple[list[Future], np.ndarray]] = collections.deque()
+        plan = self.plan(epoch, start_batch)
         with ThreadPoolExecutor(self.workers) as pool:
 
-            def submit() -> bool:
-                b = next(batches, None)
-                if b is None:
-                    return False
-                positions = np.arange(b * bs, (b + 1) * bs)[self.rows]
-                positions = positions[positions < len(order)]  # the rest is padding
-                futures = [pool.submit(self._load, epoch, int(p), int(order[p])) for p in positions]
-                pending.append((futures, order[positions], len(positions)))
-                return True
+            def submit() -> None:
+                item = next(plan, None)
+                if item is not None:
+                    positions, indices = item
+                    pairs = zip(positions, indices, strict=True)
+                    futures = [pool.submit(self._load, epoch, int(p), int(i)) for p, i in pairs]
+                    pending.append((futures, indices))
 
             for _ in range(self.prefetch):
                 submit()
             while pending:
-                futures, indices, n = pending.popleft()
+                futures, indices = pending.popleft()
                 submit()
-                images = np.stack([f.result() for f in futures] or [np.zeros(self.pipeline.output_shape, np.uint8)])
-                labels = np.array([self.samples[i][1] for i in indices], np.int32)
-                weight = np.ones(local, np.float32)
-                if n < local:  # pad a short eval batch to the compiled shape
-                    shape = (local - n, *self.pipeline.output_shape)
-                    images = np.concatenate([images[:n], np.zeros(shape, np.uint8)])
-                    labels = np.concatenate([labels, np.zeros(local - n, np.int32)])
-                    weight[n:] = 0
-                yield Batch(images, labels, weight)
+                empty = np.zeros((0, *self.pipeline.output_shape), np.uint8)
+                images = np.stack([f.result() for f in futures]) if futures else empty
+                arrays, weight = self.padded({"image": images}, indices)
+                yield Batch(arrays["image"], arrays["label"], weight)

@@ -30,6 +30,10 @@ from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
 from jaxvgg.data import Loader, Pipeline
+from jaxvgg.data.augment import device_feed
+from jaxvgg.data.cache import CachedLoader, ImageCache, host_memory_bytes, layout, placement
+from jaxvgg.data.loader import default_workers
+from jaxvgg.data.prefetch import prefetch
 from jaxvgg.ops.conv import resolve_route
 from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
@@ -38,6 +42,11 @@ from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.transfer import param_labels, starting_variables
+
+PREFETCH = 2  # batches put on the device ahead of the step
+
+# A batch source: host batches, and what puts one on the devices as the steps take it.
+Feed = tuple[Loader, Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]]
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -108,9 +117,10 @@ def evaluate(
     loss = correct = count = 0.0
     labels, preds = [], []
     t0 = time.perf_counter()
-    bar = progress_bar(loader.epoch(0), total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
+    batches = prefetch(loader.epoch(0), lambda batch: put(batch.as_dict()), PREFETCH)
+    bar = progress_bar(batches, total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
     for batch in bar:
-        m = local_copy(eval_step(state, put(batch.as_dict())))
+        m = local_copy(eval_step(state, batch))
         loss += float(m["loss_sum"])
         correct += float(m["correct"])
         count += float(m["count"])
@@ -139,18 +149,11 @@ class JaxTrainer:
         cfg = ctx.cfg
         self.ctx, self.cfg, self.par = ctx, cfg, par
         self.shard = (jax.process_index(), jax.process_count())
-        self.train_loader = Loader(
-            ctx.data.root,
-            ctx.split.samples("train"),
-            Pipeline(cfg.image_size, cfg.augment),
-            cfg.batch_size,
-            train=True,
-            seed=cfg.seed,
-            workers=cfg.workers,
-            shard=self.shard,
-        )
-        self.batches_per_epoch = len(self.train_loader)
         self.device = jax.devices()[0].platform
+        self.feeds: dict[str, Feed] = {}
+        self.cache = self._cache_placement()
+        self.train_loader, self.train_put = self._feed("train")
+        self.batches_per_epoch = len(self.train_loader)
         self.conv_route = resolve_route(cfg.conv_route)
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights, lr_of_step)
         self.state = par.replicate(state)
@@ -164,35 +167,57 @@ class JaxTrainer:
             self.aux = par.replicate(teacher_variables)
         self.compiled_train_step, self.eval_step = steps.compile_steps(loss_fn, par)
 
-    def _loader(self, subset: str) -> Loader:
-        samples = self.ctx.split.samples(subset)
-        pipeline = Pipeline(self.cfg.image_size)
-        return Loader(
-            self.ctx.data.root,
-            samples,
-            pipeline,
-            self.cfg.batch_size,
-            train=False,
-            workers=self.cfg.workers,
-            shard=self.shard,
+    def _cache_placement(self) -> str:
+        """Where ``--data-cache`` keeps the decoded images: device, host or none (the PIL loader)."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.data_cache == "none" or (cfg.data_cache == "auto" and self.device == "cpu"):
+            return "none"
+        train = ctx.split.samples("train")
+        self.train_layout = layout(
+            ctx.data.root, train, Pipeline(cfg.image_size, cfg.augment), default_workers(cfg.workers)
         )
+        others = sum(len(v) for k, v in ctx.split.subsets.items() if k != "train")
+        nbytes = self.train_layout.nbytes(len(train)) + others * 3 * cfg.image_size**2
+        return placement(cfg.data_cache, nbytes, self.device, _device_memory_bytes(), host_memory_bytes())
+
+    def _feed(self, subset: str) -> Feed:
+        """The loader of ``subset`` and what puts its batches on the devices (built once per subset)."""
+        if subset in self.feeds:
+            return self.feeds[subset]
+        cfg, ctx, train = self.cfg, self.ctx, subset == "train"
+        pipeline = Pipeline(cfg.image_size, cfg.augment and train)
+        samples = ctx.split.samples(subset)
+        options = dict(batch_size=cfg.batch_size, train=train, seed=cfg.seed, shard=self.shard)
+        if self.cache == "none":
+            loader = Loader(ctx.data.root, samples, pipeline, workers=cfg.workers, **options)
+            feed: Feed = (loader, self.par.shard)
+        else:
+            plan = self.train_layout if train else None
+            cache = ImageCache.build(ctx.data.root, samples, pipeline, cfg.workers, plan)
+            print(f"{subset}: {cache.describe()} in {self.cache} memory (decoded in {cache.seconds:.1f} s)")
+            on_device = self.cache == "device"
+            loader = CachedLoader(cache, pipeline, on_device=on_device, **options)
+            feed = (loader, device_feed(self.par, pipeline, cache.images if on_device else None))
+        self.feeds[subset] = feed
+        return feed
 
     def placement(self) -> str:
         return (
             f"{self.par.size} {self.device} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             + f", convolutions by the {self.conv_route} route"
+            + ("" if self.cache == "none" else f", images cached in {self.cache} memory")
         )
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
-        return self.train_loader.epoch(epoch, start)
+        return prefetch(self.train_loader.epoch(epoch, start), lambda batch: self.train_put(batch.as_dict()), PREFETCH)
 
     def start_epoch(self, epoch: int) -> float:
         cfg = self.cfg
         return epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs, cfg.step_size, cfg.gamma)
 
     def train_step(self, batch: Any) -> Any:
-        self.state, m = self.compiled_train_step(self.state, self.par.shard(batch.as_dict()), self.aux)
+        self.state, m = self.compiled_train_step(self.state, batch, self.aux)  # already on the devices
         self.steps += 1
         return (m["loss_sum"], m["correct"], m["count"])  # still on the device
 
@@ -206,7 +231,8 @@ class JaxTrainer:
         pass  # the optax schedule counts steps itself
 
     def evaluate(self, subset: str, desc: str) -> dict[str, Any]:
-        return evaluate(self.state, self._loader(subset), self.eval_step, desc=desc, put=self.par.shard)
+        loader, put = self._feed(subset)
+        return evaluate(self.state, loader, self.eval_step, desc=desc, put=put)
 
     def steps_done(self) -> int:
         return self.steps
@@ -231,7 +257,8 @@ class JaxTrainer:
         _, variables, meta = load_variables(self.ctx.out_dir)
         variables = self.par.replicate(variables)
         state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-        return evaluate(state, self._loader("test"), self.eval_step, desc="test", put=self.par.shard), meta
+        loader, put = self._feed("test")
+        return evaluate(state, loader, self.eval_step, desc="test", put=put), meta
 
     def best_state_dict(self) -> StateDict:
         _, variables, _ = load_variables(self.ctx.out_dir)
@@ -267,6 +294,12 @@ def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict
             sweep = LrSweep()
             return find_lr(ctx, JaxTrainer(ctx, par, read_weights, lr_of_step=sweep.lr), sweep)
         return driver.train(ctx, JaxTrainer(ctx, par, read_weights))
+
+
+def _device_memory_bytes() -> int | None:
+    """The first device's memory (GPU/TPU); None where JAX does not say (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
 
 
 def _is_main() -> bool:

@@ -17,7 +17,9 @@ cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply
 machine, where identical runs differ by up to 40%. --conv-route picks the JAX convolution route
 (default: the backend's, cpu on CPUs, xla elsewhere; jaxvgg.ops.conv). Both children apply the
 scripts' allocator settings (jaxvgg.core.hostmem; JAXVGG_MALLOC=0 turns them off in both). The
-training loader's images/s is printed at the end.
+training loader's images/s on the built-in dataset, if it has been drawn, is printed at the end: PIL
+threads at 1, 2 and all cores, and the cached route (--data-cache device/host); --loader times only
+the loader, at --image-size (python scripts/bench.py --loader --image-size 224).
 """
 
 from __future__ import annotations
@@ -187,22 +189,90 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
     }
 
 
-def bench_loader(image_size: int, batch_size: int, batches: int = 8) -> float | None:
-    """Images/s of the training loader (augmentation on) on the cached built-in dataset, if present."""
+def loader_rates(
+    root: str | os.PathLike,
+    samples: list[tuple[str, int]],
+    image_size: int,
+    batch_size: int = 32,
+    batches: int = 8,
+    seconds: float | None = None,
+) -> dict[str, float]:
+    """Images/s of the training loader (RandomResizedCrop + flip) on ``samples``, each route timed
+    over ``batches`` batches (fewer once ``seconds`` have passed):
+
+    - ``images_per_s_N_workers``: the PIL loader's threads, N = 1, 2 and every core;
+    - ``images_per_s_cached_device``/``_host``: the cached route, the images decoded once and kept
+      on the device or in host memory, crop, resize and flip on the device, timed to the device
+      finishing, after one warm-up batch (its compile: ``cached_device_first_batch_s`` ...);
+    - ``cache_decode_images_per_s``: the one-off decode of the cached route, with every core.
+    """
+    import jax
+
+    from jaxvgg.data import Loader, Pipeline
+    from jaxvgg.data.augment import device_feed
+    from jaxvgg.data.cache import CachedLoader, ImageCache
+    from jaxvgg.data.prefetch import prefetch
+    from jaxvgg.parallel import DataParallel
+
+    end = None if seconds is None else time.monotonic() + seconds
+    pipeline = Pipeline(image_size, augment=True)
+    cores = os.cpu_count() or 1
+    out: dict[str, float] = {}
+
+    def images_per_s(batch_iter, done=lambda batch: None) -> float:
+        t0, n, last = time.perf_counter(), 0, None
+        for i, batch in enumerate(batch_iter):
+            n, last = n + batch_size, batch
+            if i + 1 == batches or (end is not None and time.monotonic() > end):
+                break
+        done(last)
+        return n / (time.perf_counter() - t0)
+
+    for workers in sorted({1, min(2, cores), cores}):
+        loader = Loader(root, samples, pipeline, batch_size, train=True, workers=workers)
+        out[f"images_per_s_{workers}_workers"] = images_per_s(loader.epoch(0))
+    # The cache holds what the timed batches need (and a warm-up batch), not the whole set.
+    needed = samples[: min(len(samples), (batches + 2) * batch_size)]
+    cache = ImageCache.build(root, needed, pipeline, cores)
+    out["cache_decode_images_per_s"] = len(needed) / cache.seconds
+    par = DataParallel.create(1)
+    for where in ("device", "host"):
+        loader = CachedLoader(cache, pipeline, batch_size, train=True, on_device=where == "device")
+        put = device_feed(par, pipeline, cache.images if where == "device" else None)
+        batch_iter = prefetch(loader.epoch(0), lambda batch, put=put: put(batch.as_dict()))
+        t0 = time.perf_counter()
+        jax.block_until_ready(next(batch_iter))
+        out[f"cached_{where}_first_batch_s"] = time.perf_counter() - t0
+        out[f"images_per_s_cached_{where}"] = images_per_s(batch_iter, jax.block_until_ready)
+    return out
+
+
+def format_loader(rates: dict[str, float], image_size: int) -> str:
+    """One line per route of :func:`loader_rates`."""
+    lines = [f"training loader at {image_size} px (RandomResizedCrop + flip), images/s:"]
+    for key, value in rates.items():
+        if key.startswith("images_per_s_"):
+            name = key.removeprefix("images_per_s_").replace("_", " ")
+            lines.append(f"  {name:<18}{value:>9,.0f}")
+    if "cache_decode_images_per_s" in rates:
+        lines.append(f"  (cached route: decoded once at {rates['cache_decode_images_per_s']:,.0f} images/s)")
+    return "\n".join(lines)
+
+
+def bench_loader(image_size: int, batch_size: int, batches: int = 8, draw: bool = False) -> dict[str, float] | None:
+    """:func:`loader_rates` on the built-in dataset: the one already in the cache folder, if any;
+    with ``draw``, the default one, drawn if need be."""
     from jaxvgg.core.cache import cache_dir
-    from jaxvgg.data import Loader, Pipeline, scan_image_folder
+    from jaxvgg.core.synthetic import ensure_dataset
+    from jaxvgg.data import scan_image_folder
 
     roots = sorted(cache_dir().glob("potato-synthetic-*")) if cache_dir().exists() else []
+    if draw:
+        roots = [ensure_dataset()]
     if not roots:
         return None
     data = scan_image_folder(roots[0])
-    loader = Loader(data.root, data.samples, Pipeline(image_size, augment=True), batch_size, train=True)
-    t0, n = time.perf_counter(), 0
-    for i, batch in enumerate(loader.epoch(0)):
-        n += len(batch.label)
-        if i + 1 == batches:
-            break
-    return n / (time.perf_counter() - t0)
+    return loader_rates(data.root, data.samples, image_size, batch_size, batches)
 
 
 def child(
@@ -379,6 +449,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(SWEEP_MODELS), help="with --sweep: these models")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--loader", action="store_true", help="time only the training loader, at --image-size")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument(
@@ -398,6 +469,12 @@ def main() -> None:
             args.conv_route,
         )
         return
+    if args.loader:
+        rates = bench_loader(args.image_size, args.batch_size, batches=16, draw=True)
+        print(format_loader(rates, args.image_size))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"loader": rates, "cpu_count": os.cpu_count()}, indent=2))
+        return
     frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
     cases = (
         [(m, s, SWEEP_SIZES.get(s, 8)) for m in args.models for s in args.sizes]
@@ -408,7 +485,8 @@ def main() -> None:
     for model, size, batch in cases:
         rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route))
         print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
-    loader = bench_loader(max(s for _, s, _ in cases), 32)
+    loader_size = max(s for _, s, _ in cases)
+    loader = bench_loader(loader_size, 32)
     print()
     print(format_rows(rows))
     if args.markdown:
@@ -418,8 +496,8 @@ def main() -> None:
     for basis in sorted(bases):
         print(f"peak: {basis}")
     if loader is not None:
-        print(f"training loader (RandomResizedCrop + flip, {os.cpu_count()} threads): {loader:.0f} images/s")
-    result = {"rows": rows, "loader_images_per_s": loader, "cpu_count": os.cpu_count()}
+        print(format_loader(loader, loader_size))
+    result = {"rows": rows, "loader": loader, "cpu_count": os.cpu_count()}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -11,7 +11,8 @@ Writes DIR/gpu.md (a table for the README) and DIR/gpu.json. Sections:
 2. vgg16: 224-px train and eval steps, bf16 and fp32, batch 64/128/256, JAX and PyTorch
    (images/s, MFU against the measured ceiling and against the datasheet's 989 TFLOP/s, peak
    device memory, JAX/torch ratio; a training image is 3 x 15.5 GMAC = 92.8 GFLOP);
-3. loader: the training loader's images/s at 224 px with every core;
+3. loader: the training loader's images/s at 224 px: PIL threads with 1, 2 and every core, and the
+   cached route (decoded once; crop, resize and flip on the device, cache on the device or in host memory);
 4. tutorial: ``--preset tutorial`` on the built-in dataset for a few epochs (seconds per epoch,
    accuracy) and the projected time of its 40 epochs.
 """
@@ -145,22 +146,14 @@ def vgg16(smoke: bool, results: dict) -> Callable[[Budget], dict]:
 def loader(smoke: bool) -> Callable[[Budget], dict]:
     def run(budget: Budget) -> dict:
         from jaxvgg.core.synthetic import ensure_dataset
-        from jaxvgg.data import Loader, Pipeline, scan_image_folder
+        from jaxvgg.data import scan_image_folder
+        from jaxvgg.tools.commands.bench import loader_rates
 
         counts = (16, 16, 16) if smoke else (400, 400, 152)
         data = scan_image_folder(ensure_dataset(counts=counts))
-        size = 32 if smoke else 224
-        out = {}
-        for workers in sorted({1, os.cpu_count() or 1}):
-            batches = Loader(data.root, data.samples, Pipeline(size, augment=True), 32, train=True, workers=workers)
-            t0, n = time.perf_counter(), 0
-            for batch in batches.epoch(0):
-                n += len(batch.label)
-                if budget.left() <= 0:
-                    break
-            out[f"images_per_s_{workers}_workers"] = n / (time.perf_counter() - t0)
-        out["cached_route"] = "not built yet"
-        return out
+        size, batches = (32, 2) if smoke else (224, 16)
+        rates = loader_rates(data.root, data.samples, size, 32 if not smoke else 8, batches, budget.left())
+        return {"image_size": size, **rates}
 
     return run
 
@@ -214,7 +207,12 @@ def markdown(results: dict, when: str) -> str:
             f"{r['eval_images_per_s']:,.0f} | {mfu} | {r['peak_device_mb']:,.0f} |"
         )
     load = results.get("loader", {})
-    lines += ["", "loader: " + ", ".join(f"{k} {v:,.0f}" for k, v in load.items() if k.startswith("images_per_s"))]
+    rates = ", ".join(
+        f"{k.removeprefix('images_per_s_').replace('_', ' ')} {v:,.0f}"
+        for k, v in load.items()
+        if k.startswith("images_per_s")
+    )
+    lines += ["", f"loader at {load.get('image_size', '?')} px, images/s: {rates}"]
     tut = results.get("tutorial", {})
     if "seconds_per_epoch" in tut:
         lines.append(
