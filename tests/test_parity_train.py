@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip("torch")
 
@@ -185,7 +186,9 @@ def test_ten_training_steps_end_with_the_same_parameters():
         assert rel_err(got[key], value.numpy()) <= 1e-4, key
 
 
-def test_eval_preprocessing_matches_torchvision(tiny_data, tmp_path):
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_eval_preprocessing_matches_torchvision(tiny_data, tmp_path, resize):
+    """crop: Resize + CenterCrop; squash: the tutorial's transforms.Resize([224, 224])."""
     from PIL import Image
 
     data = scan_image_folder(tiny_data)
@@ -194,8 +197,8 @@ def test_eval_preprocessing_matches_torchvision(tiny_data, tmp_path):
     for path in (tiny_data / data.samples[0][0], odd):
         img = load_rgb(path)
         for size in (224, 32):
-            ours = Pipeline(size)(img)
-            theirs = eval_transform(size)(img)
+            ours = Pipeline(size, resize=resize)(img)
+            theirs = eval_transform(size, resize)(img)
             tensor = (
                 (
                     theirs * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -207,6 +210,21 @@ def test_eval_preprocessing_matches_torchvision(tiny_data, tmp_path):
             assert ours.shape == tensor.shape
             assert np.abs(ours / 255.0 - tensor).max() <= 1 / 255
             np.testing.assert_allclose(np.asarray(normalize(ours[None]))[0], theirs.permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_the_tutorial_preset_squashes_splits_at_random_and_keeps_a_constant_rate():
+    import argparse
+
+    from jaxvgg.core.config import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--preset", "tutorial"]))
+    assert (cfg.resize, cfg.split, cfg.schedule, cfg.val_fraction) == ("squash", "random", "constant", 0.0)
+    cfg = config_from_args(parser.parse_args(["--preset", "optimized"]))
+    assert (cfg.resize, cfg.split, cfg.schedule) == ("crop", "stratified", "cosine"), "the corrected version"
+    odd = Image.new("RGB", (300, 171), (10, 200, 30))
+    assert Pipeline(224, resize="squash")(odd).shape == (224, 224, 3)
 
 
 def test_train_mode_batchnorm_matches_torch_including_unbiased_running_var():

@@ -14,20 +14,25 @@ from jaxvgg.core.folder import load_rgb
 from jaxvgg.core.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 
-def eval_transform(image_size: int) -> transforms.Compose:
+def eval_transform(image_size: int, resize: str = "crop") -> transforms.Compose:
+    """``crop``: torchvision's evaluation transform; ``squash``: the tutorial's ``Resize([size, size])``."""
+    sizing = (
+        [transforms.Resize([image_size, image_size])]
+        if resize == "squash"
+        else [transforms.Resize(resize_size(image_size)), transforms.CenterCrop(image_size)]
+    )
     return transforms.Compose(
         [
-            transforms.Resize(resize_size(image_size)),
-            transforms.CenterCrop(image_size),
+            *sizing,
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
 
 
-def train_transform(image_size: int, augment: bool) -> transforms.Compose:
+def train_transform(image_size: int, augment: bool, resize: str = "crop") -> transforms.Compose:
     if not augment:
-        return eval_transform(image_size)
+        return eval_transform(image_size, resize)
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(image_size),

@@ -154,7 +154,7 @@ class TorchTrainer:
         self.train_loader = make_loader(
             ctx.data.root,
             ctx.split.subsets["train"],
-            train_transform(cfg.image_size, cfg.augment),
+            train_transform(cfg.image_size, cfg.augment, cfg.resize),
             cfg.batch_size,
             True,
             cfg.seed,
@@ -198,7 +198,7 @@ class TorchTrainer:
 
     def _loader(self, subset: str):
         cfg = self.cfg
-        transform = eval_transform(cfg.image_size)
+        transform = eval_transform(cfg.image_size, cfg.resize)
         return make_loader(
             self.ctx.data.root,
             self.ctx.split.subsets[subset],

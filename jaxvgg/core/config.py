@@ -25,6 +25,7 @@ from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "cosine_rebuilt")
 CONV_ROUTES = ("auto", "cpu", "xla", "im2col")  # auto: jaxvgg.ops.conv.route_for_platform
+RESIZES = ("crop", "squash")
 DATA_CACHES = ("auto", "device", "host", "none")  # auto: jaxvgg.data.cache.placement
 CLASS_WEIGHTS = ("none", "balanced")
 SPLITS = ("stratified", "random")
@@ -85,6 +86,13 @@ class TrainConfig:
         metavar="DIR",
     )
     image_size: int = setting(32, "data", "square input size in pixels")
+    resize: str = setting(
+        "crop",
+        "data",
+        "without --augment: crop (Resize(size * 256/224) + CenterCrop(size), torchvision's evaluation) or squash "
+        "(Resize([size, size]), the tutorial's: the whole image, its aspect ratio changed)",
+        choices=RESIZES,
+    )
     batch_size: int = setting(32, "optimisation", "images per optimizer step (over all devices together)")
     epochs: int = setting(5, "schedule", "maximum epochs (also T_max of the cosine schedule)")
     lr: float | None = setting(
@@ -344,6 +352,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         patience=40,
         val_fraction=0.0,  # the tutorial picks its best model on the test split
         split="random",  # torch.utils.data.random_split, not stratified
+        resize="squash",  # transforms.Resize([224, 224]), no crop
         class_weights="none",
     ),
     # The tutorial's optimised version: torchvision VGG-16, augmentation, AdamW-free Adam + cosine.

@@ -29,12 +29,14 @@ def image_paths(target: str | os.PathLike) -> list[Path]:
     return [target]
 
 
-def load_batch(paths: Sequence[Path], image_size: int) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+def load_batch(
+    paths: Sequence[Path], image_size: int, resize: str = "crop"
+) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """uint8 NHWC images of the readable paths, and the unreadable ones with a reason.
 
     Images above :data:`jaxvgg.core.folder.MAX_PIXELS` (decompression bombs) count as unreadable.
     """
-    pipeline = Pipeline(image_size)
+    pipeline = Pipeline(image_size, resize=resize)
     images, ok, bad = [], [], []
     for p in paths:
         try:

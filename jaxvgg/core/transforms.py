@@ -74,12 +74,14 @@ def random_resized_crop_box(
 class Pipeline:
     """PIL image -> uint8 HWC array of ``image_size`` x ``image_size``.
 
-    ``augment=False``: Resize(256/224 * size) + CenterCrop(size), the tutorial's test transform.
-    ``augment=True``: RandomResizedCrop(size) + RandomHorizontalFlip, its training transform.
+    ``augment=False``: Resize(256/224 * size) + CenterCrop(size) (torchvision's evaluation), or with
+    ``resize="squash"`` Resize([size, size]) (the tutorial's: the whole image, squashed).
+    ``augment=True``: RandomResizedCrop(size) + RandomHorizontalFlip, the training transform.
     """
 
     image_size: int
     augment: bool = False
+    resize: str = "crop"
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -93,6 +95,8 @@ class Pipeline:
             img = img.crop((left, top, left + w, top + h)).resize((self.image_size,) * 2, Image.BILINEAR)
             if rng.random() < 0.5:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        elif self.resize == "squash":
+            img = img.resize((self.image_size,) * 2, Image.BILINEAR)
         else:
             img = center_crop(resize(img, resize_size(self.image_size)), self.image_size)
         return np.asarray(img, dtype=np.uint8)

@@ -174,7 +174,7 @@ class JaxTrainer:
             return "none"
         train = ctx.split.samples("train")
         self.train_layout = layout(
-            ctx.data.root, train, Pipeline(cfg.image_size, cfg.augment), default_workers(cfg.workers)
+            ctx.data.root, train, Pipeline(cfg.image_size, cfg.augment, cfg.resize), default_workers(cfg.workers)
         )
         others = sum(len(v) for k, v in ctx.split.subsets.items() if k != "train")
         nbytes = self.train_layout.nbytes(len(train)) + others * 3 * cfg.image_size**2
@@ -185,7 +185,7 @@ class JaxTrainer:
         if subset in self.feeds:
             return self.feeds[subset]
         cfg, ctx, train = self.cfg, self.ctx, subset == "train"
-        pipeline = Pipeline(cfg.image_size, cfg.augment and train)
+        pipeline = Pipeline(cfg.image_size, cfg.augment and train, cfg.resize)
         samples = ctx.split.samples(subset)
         options = dict(batch_size=cfg.batch_size, train=train, seed=cfg.seed, shard=self.shard)
         if self.cache == "none":

@@ -34,7 +34,8 @@ def main() -> None:
         data = scan_image_folder(data_root(cfg))
         split = load_split(Path(args.run) / "split.json", data)
         samples, classes = split.samples("test"), split.classes
-    loader = Loader(data.root, samples, Pipeline(cfg.image_size), cfg.batch_size, train=False, workers=cfg.workers)
+    pipeline = Pipeline(cfg.image_size, resize=cfg.resize)
+    loader = Loader(data.root, samples, pipeline, cfg.batch_size, train=False, workers=cfg.workers)
     predict, _ = predictor(args.run)
     labels, preds = [], []
     for batch in loader.epoch(0):

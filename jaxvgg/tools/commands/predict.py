@@ -35,7 +35,7 @@ def main() -> int:
     args = p.parse_args()
     cfg, _ = run_settings(args.run)  # a bad run folder is reported before any image is read
     found = list(dict.fromkeys(path for target in args.targets for path in image_paths(target)))
-    images, paths, bad = load_batch(found, cfg.image_size)
+    images, paths, bad = load_batch(found, cfg.image_size, cfg.resize)
     if not paths and len(args.targets) == 1 and not Path(args.targets[0]).is_dir():
         (path, reason), *_ = bad
         raise UserError(f"{path}: {reason}")
