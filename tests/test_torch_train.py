@@ -72,8 +72,14 @@ def test_compare_same_split_both_frameworks_then_predict_and_evaluate_each(tiny_
     for side in ("jax", "torch"):
         for name in RUN_FILES:
             assert (out / side / name).exists(), (side, name)
-        table = run_script("predict.py", str(tiny_data / "healthy"), "--run", str(out / side)).stdout
-        assert len(table.splitlines()) == 26
+        shown = tmp_path / f"{side}-shown.png"
+        args = ("--run", str(out / side), "--show", str(shown), "--device", "cpu")
+        table = run_script("predict.py", str(tiny_data / "healthy"), *args).stdout
+        assert len(table.splitlines()) == 27 and f"wrote {shown}" in table
+        from PIL import Image
+
+        with Image.open(shown) as picture:  # 16 of the 24 images: four columns, four image-and-bars rows
+            assert picture.size[0] > 1000 and picture.size[1] > 1500
         evaluated = run_script("evaluate.py", "--run", str(out / side)).stdout
         assert f"accuracy {json.loads((out / side / 'metrics.json').read_text())['accuracy']:.2%}" in evaluated
     msg = one_line_error(run_script("compare.py", "--out", str(out), "--out-dir", "x", check=False))

@@ -10,17 +10,22 @@ import torch
 from jaxvgg.core.images import Predictor
 from torchref.checkpoint import load_model
 from torchref.data import normalize_uint8
+from torchref.device import pick_device
 
 
-def torch_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Predictor, list[str]]:
-    model, meta = load_model(run_dir)
+def torch_predictor(
+    run_dir: str | os.PathLike, batch_size: int = 32, device: str | None = None
+) -> tuple[Predictor, list[str]]:
+    """``device``: as ``train_torch.py --device`` (default MPS, then CUDA, then CPU)."""
+    dev = pick_device(device)
+    model, meta = load_model(run_dir, device=dev)
 
     def predict(images: np.ndarray) -> np.ndarray:
         out = []
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                x = normalize_uint8(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
-                out.append(torch.softmax(model(x), 1).numpy())
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(dev)
+                out.append(torch.softmax(model(normalize_uint8(x)), 1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, meta["num_classes"]), np.float32)
 
     return predict, meta["classes"]

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxvgg.core.atomic import atomic_write
+from jaxvgg.core.folder import load_rgb
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
@@ -99,5 +100,38 @@ def plot_lr_find(result: dict, path: str | os.PathLike) -> None:
     ax.set_title(f"Learning-rate range test: {result['model']}, batch {result['batch_size']}")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+SHOWN = 16  # images in one --show picture
+
+
+def plot_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str], path: str | os.PathLike) -> None:
+    """Each image as it is on disk, titled with its predicted class and probability, above a bar
+    per class (the tutorial's ``predict_one_image``, for up to :data:`SHOWN` images)."""
+    n = min(len(paths), SHOWN)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        2 * rows, cols, figsize=(3.2 * cols, 4.2 * rows), squeeze=False, gridspec_kw={"height_ratios": [3, 1] * rows}
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, bars = axes[2 * r, c], axes[2 * r + 1, c]
+        best = int(np.argmax(probs[i]))
+        top.imshow(load_rgb(paths[i]))
+        top.set_title(f"{Path(paths[i]).name}\n{classes[best]} {probs[i][best]:.1%}", fontsize=9)
+        bars.axis("on")
+        colours = ["tab:green" if k == best else "0.7" for k in range(len(classes))]
+        bars.barh(range(len(classes)), probs[i], color=colours)
+        bars.set_yticks(range(len(classes)), classes, fontsize=8)
+        bars.set_xlim(0, 1)
+        bars.invert_yaxis()
+        bars.tick_params(axis="x", labelsize=7)
+    if len(paths) > n:
+        fig.suptitle(f"the first {n} of {len(paths)} images", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

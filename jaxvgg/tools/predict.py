@@ -15,13 +15,14 @@ def run_settings(run_dir: str | os.PathLike) -> tuple[TrainConfig, str]:
     return load_run_config(run_dir), run_framework(run_dir)
 
 
-def predictor(run_dir: str | os.PathLike) -> tuple[Predictor, list[str]]:
-    """A predictor for any run folder, JAX or PyTorch (the latter needs torch)."""
+def predictor(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Predictor, list[str]]:
+    """A predictor for any run folder, JAX or PyTorch (the latter needs torch, and runs on
+    ``device``: cpu, cuda or mps, default the best there is; JAX uses its default device)."""
     _, framework = run_settings(run_dir)
     if framework == "torch":
         try:
             from torchref.predict import torch_predictor
         except ImportError as e:
             raise UserError(f"{run_dir}: a PyTorch run; reading it needs torch (pip install -e '.[torch]')") from e
-        return torch_predictor(run_dir)
+        return torch_predictor(run_dir, device=device)
     return jax_predictor(run_dir)

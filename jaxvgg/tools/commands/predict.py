@@ -2,6 +2,7 @@
 
 python scripts/predict.py leaf.jpg --run runs/<run>
 python scripts/predict.py some_folder/ a.jpg b.png --run runs/<run> [--csv out.csv] [--json out.json]
+python scripts/predict.py leaf.jpg --run runs/<run> --show leaf.png   # the image, its class, the probabilities
 
 Unreadable images are listed on stderr as "skipped <file>: <reason>" and the others predicted.
 Exit status: 0 all predicted; 1 some files skipped; 2 an error (bad run folder or flags, or no
@@ -20,6 +21,7 @@ from jaxvgg.core.cli import main_guard
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.hostmem import keep_freed_memory
 from jaxvgg.core.images import format_predictions, image_paths, load_batch, prediction_rows, predictions_csv
+from jaxvgg.core.plots import plot_predictions
 from jaxvgg.tools.predict import predictor, run_settings
 
 
@@ -32,6 +34,13 @@ def main() -> int:
     p.add_argument("--run", required=True, help="run folder written by train_jax.py or train_torch.py")
     p.add_argument("--csv", help="also write the table here (one row per image)")
     p.add_argument("--json", help="also write the predictions here")
+    p.add_argument(
+        "--show",
+        metavar="FILE.png",
+        help="draw each image (the first 16) with its predicted class and probabilities, as the "
+        "tutorial's predict_one_image does, into this picture",
+    )
+    p.add_argument("--device", help="PyTorch runs: cpu, cuda or mps (default: MPS, then CUDA, then CPU)")
     args = p.parse_args()
     cfg, _ = run_settings(args.run)  # a bad run folder is reported before any image is read
     found = list(dict.fromkeys(path for target in args.targets for path in image_paths(target)))
@@ -44,7 +53,7 @@ def main() -> int:
     if not paths:
         where = f"{args.targets[0]}: none of its" if len(args.targets) == 1 else "none of the"
         raise UserError(f"{where} {len(bad)} image file(s) could be read (see the skipped lines)")
-    predict, classes = predictor(args.run)
+    predict, classes = predictor(args.run, args.device)
     probs = predict(images)
     print(format_predictions(paths, probs, classes))
     rows = prediction_rows(paths, probs, classes)
@@ -52,7 +61,9 @@ def main() -> int:
         write_text(Path(args.csv), predictions_csv(rows, classes))
     if args.json:
         write_json(Path(args.json), rows)
-    for name in filter(None, (args.csv, args.json)):
+    if args.show:
+        plot_predictions(paths, probs, classes, Path(args.show))
+    for name in filter(None, (args.csv, args.json, args.show)):
         print(f"wrote {name}")
     return 1 if bad else 0
 
