@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvgg.core.machine import describe_cpu
+
 # Dense peak FLOP/s per GPU (vendor figures, SXM parts): fp32 without tensor cores, bf16 with.
 GPU_PEAK_TFLOPS = {
     "H100": {"fp32": 66.9, "bf16": 989.4},
@@ -481,6 +483,7 @@ def main() -> None:
         if args.sweep
         else [(args.model, args.image_size, args.batch_size)]
     )
+    print(f"CPU: {describe_cpu()}", flush=True)
     rows = []
     for model, size, batch in cases:
         rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route))
@@ -497,7 +500,7 @@ def main() -> None:
         print(f"peak: {basis}")
     if loader is not None:
         print(format_loader(loader, loader_size))
-    result = {"rows": rows, "loader": loader, "cpu_count": os.cpu_count()}
+    result = {"rows": rows, "loader": loader, "cpu_count": os.cpu_count(), "cpu": describe_cpu()}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

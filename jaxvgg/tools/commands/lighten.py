@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from jaxvgg.compile_cache import enable_compilation_cache
 from jaxvgg.core.cli import main_guard
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.hostmem import keep_freed_memory
+from jaxvgg.core.machine import describe_cpu
 
 TRAINERS = {"jax": "train_jax.py", "torch": "train_torch.py"}
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch"}
@@ -165,7 +165,7 @@ def main() -> None:
         f"epochs from scratch (batch {args.batch_size}, Adam lr {args.lr or 'per model'}); the slim and GAP heads "
         f"on the base's features and the pruned base (L1 per layer) fine-tuned {args.finetune_epochs} epoch(s) at "
         f"the base's rate; int8: per-channel weights, activations calibrated on 64 training images.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {_cores()} cores; training {train_s / 60:.1f} min, "
+        f"Machine: {describe_cpu()}; training {train_s / 60:.1f} min, "
         f"total {total_s / 60:.1f} min.\nCommand: `python scripts/lighten.py {' '.join(sys.argv[1:])}`\n\n"
     )
     (out / "lighten.md").write_text(header + table + "\n")
@@ -173,12 +173,6 @@ def main() -> None:
     plot(rows, out / "lighten.png")
     print(table)
     print(f"wrote {out / 'lighten.md'}, {out / 'lighten.png'} in {total_s / 60:.1f} min")
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":
