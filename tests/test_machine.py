@@ -9,7 +9,10 @@ processor\t: 1
 model name\t: AMD EPYC 7B12
 flags\t\t: fpu sse2 avx avx2 fma bmi2
 """
-AMX_XEON = "model name : Intel(R) Xeon(R) Platinum 8481C\nflags : avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+AMX_XEON = (
+    "model name : Intel(R) Xeon(R) Platinum 8481C\n"
+    "flags : avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+)
 
 
 def test_the_model_and_the_extensions_that_decide_kernels_are_read_off_cpuinfo():
