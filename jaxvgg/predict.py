@@ -7,18 +7,19 @@ import os
 import jax
 import numpy as np
 
-from jaxvgg.core.images import Predictor
+from jaxvgg.core.calibration import CalibratedPredictor, load_calibration
 from jaxvgg.data.normalize import normalize
 from jaxvgg.train.checkpoint import load_variables
 
 
-def jax_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Predictor, list[str]]:
-    """The best model of a JAX run as a function of uint8 images, and its class names."""
+def jax_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[CalibratedPredictor, list[str]]:
+    """The best model of a JAX run as a function of uint8 images (calibrated probabilities, and
+    which images are unsure, when the run has a ``calibration.json``), and its class names."""
     model, variables, meta = load_variables(run_dir)
-    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x))))
+    forward = jax.jit(lambda v, x: model.apply(v, normalize(x)).astype(np.float32))
 
-    def predict(images: np.ndarray) -> np.ndarray:
+    def logits(images: np.ndarray) -> np.ndarray:
         out = [np.asarray(forward(variables, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, meta["num_classes"]), np.float32)
 
-    return predict, meta["classes"]
+    return CalibratedPredictor(logits, load_calibration(run_dir)), meta["classes"]

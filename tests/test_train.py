@@ -168,7 +168,8 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     records = json.loads(json_out.read_text())
     assert len(records) == 24 and records[0]["image"] == leaves[0]
     assert abs(sum(records[0][c] for c in ("Early_blight", "Late_blight", "healthy")) - 1) < 1e-5
-    assert csv_out.read_text().splitlines()[0] == "image,prediction,Early_blight,Late_blight,healthy"
+    # A calibrated run (calibration.json) adds whether each image is unsure (docs/calibration.md).
+    assert csv_out.read_text().splitlines()[0] == "image,prediction,Early_blight,Late_blight,healthy,unsure"
     assert len(csv_out.read_text().splitlines()) == 1 + 24
     evaluated = run_script("evaluate.py", "--run", str(run)).stdout
     accuracy = json.loads((run / "metrics.json").read_text())["accuracy"]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,9 +103,10 @@ def distillation(teacher: nn.Module, temperature: float, alpha: float) -> LossFn
 def evaluate(
     model: nn.Module, loader, device, criterion, desc: str = "eval", precision: str = "fp32"
 ) -> dict[str, Any]:
+    """The tutorial's test loop: loss, accuracy, labels, predictions and float32 logits over ``loader``."""
     model.eval()
     loss = correct = count = 0.0
-    labels, preds = [], []
+    labels, preds, logits = [], [], []
     t0 = time.perf_counter()
     with torch.no_grad():
         quiet = torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
@@ -118,12 +120,14 @@ def evaluate(
             count += len(y)
             labels += y.tolist()
             preds += pred.tolist()
+            logits.append(out.cpu().numpy())
     seconds = time.perf_counter() - t0
     return {
         "loss": loss / max(count, 1),
         "acc": correct / max(count, 1),
         "labels": labels,
         "preds": preds,
+        "logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
         "images_per_s": count / seconds,
     }
 
@@ -273,9 +277,9 @@ class TorchTrainer:
     def save_best(self, meta: dict[str, Any]) -> None:
         save_best(self.ctx.checkpoint("best"), self.model, _meta(self.ctx, **meta))
 
-    def test_best(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
         best, meta = load_model(self.ctx.out_dir, BEST, self.dev)
-        return evaluate(best, self._loader("test"), self.dev, self.criterion, "test", self.cfg.precision), meta
+        return evaluate(best, self._loader(subset), self.dev, self.criterion, subset, self.cfg.precision), meta
 
     def best_state_dict(self) -> StateDict:
         return numpy_state_dict(load_model(self.ctx.out_dir, BEST, self.dev)[0])

@@ -74,7 +74,7 @@ class Trainer(Protocol):
         ...
 
     def evaluate(self, subset: str, desc: str) -> dict[str, Any]:
-        """Loss, accuracy, labels and predictions of the current model on ``subset``."""
+        """Loss, accuracy, labels, predictions and logits (N × classes) of the current model on ``subset``."""
         ...
 
     def steps_done(self) -> int: ...
@@ -91,8 +91,9 @@ class Trainer(Protocol):
         """The current weights as ``best.*`` (called on the main process only)."""
         ...
 
-    def test_best(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(evaluation on the test split, checkpoint meta) of ``best.*``."""
+    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+        """(evaluation on ``subset``, checkpoint meta) of ``best.*``; the evaluation includes the
+        logits, which calibrate the model."""
         ...
 
     def best_state_dict(self) -> StateDict:
@@ -252,6 +253,8 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
             break
     ctx.barrier("best checkpoint written")
     ev, meta = trainer.test_best()
+    # The temperature and the unsure threshold are fitted on the split that chose the best model.
+    val_ev = ev if ctx.val_subset == "test" else trainer.test_best(ctx.val_subset)[0]
     report = finish_run(
         ctx,
         ev,
@@ -261,6 +264,7 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
         device=trainer.device,
         first_step_s=first_step_s,
         parameters=trainer.parameters(),
+        val_ev=val_ev,
     )
     if cfg.prune_amount and ctx.main:
         write_sparse_best(ctx.out_dir, ctx.checkpoint("best").name, trainer.best_state_dict())

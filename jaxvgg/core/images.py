@@ -50,35 +50,53 @@ def load_batch(
 Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC images -> class probabilities
 
 
-def format_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str]) -> str:
+UNSURE = "unsure"  # what predict.py shows for an image unlike the training images
+
+
+def format_predictions(
+    paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str], unsure: np.ndarray | None = None
+) -> str:
+    """The table predict.py prints; ``unsure`` (per image, None for a run without calibration)
+    marks the images that look like none of the training images."""
+    flags = [bool(u) for u in unsure] if unsure is not None else [False] * len(paths)
     if len(paths) == 1:
-        lines = [f"{paths[0]}: {classes[int(probs[0].argmax())]}"]
+        # The class stays last on the line, where scripts reading the first line look for it.
+        note = f"{UNSURE} (unlike the training images); the model's guess: " if flags[0] else ""
+        lines = [f"{paths[0]}: {note}{classes[int(probs[0].argmax())]}"]
         lines += [f"  {c:<16}{p:7.2%}" for c, p in zip(classes, probs[0], strict=True)]
         return "\n".join(lines)
     width = max(len(str(p)) for p in paths)
-    head = f"{'image':<{width}}  {'prediction':<14}" + "".join(f"{c[:12]:>13}" for c in classes)
+    note = f"  {'note':<6}" if unsure is not None else ""
+    head = f"{'image':<{width}}  {'prediction':<14}" + "".join(f"{c[:12]:>13}" for c in classes) + note
     rows = [
-        f"{p!s:<{width}}  {classes[int(q.argmax())]:<14}" + "".join(f"{x:13.2%}" for x in q)
-        for p, q in zip(paths, probs, strict=True)
+        f"{p!s:<{width}}  {classes[int(q.argmax())]:<14}"
+        + "".join(f"{x:13.2%}" for x in q)
+        + (f"  {UNSURE if flag else '':<6}" if unsure is not None else "")
+        for p, q, flag in zip(paths, probs, flags, strict=True)
     ]
-    return "\n".join([head, "-" * len(head), *rows])
+    return "\n".join([head, "-" * len(head), *(r.rstrip() for r in rows)])
 
 
-def prediction_rows(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
-    """One record per image: its path, the predicted class and every class's probability."""
+def prediction_rows(
+    paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str], unsure: np.ndarray | None = None
+) -> list[dict]:
+    """One record per image: its path, the predicted class, every class's probability and, for a
+    calibrated run, whether it is ``unsure``."""
     return [
         {
             "image": str(p),
             "prediction": classes[int(q.argmax())],
             **{c: float(x) for c, x in zip(classes, q, strict=True)},
+            **({UNSURE: bool(unsure[i])} if unsure is not None else {}),
         }
-        for p, q in zip(paths, probs, strict=True)
+        for i, (p, q) in enumerate(zip(paths, probs, strict=True))
     ]
 
 
 def predictions_csv(rows: list[dict], classes: Sequence[str]) -> str:
+    extra = [UNSURE] if rows and UNSURE in rows[0] else []
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "prediction", *classes], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=["image", "prediction", *classes, *extra], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

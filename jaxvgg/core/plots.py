@@ -107,9 +107,16 @@ def plot_lr_find(result: dict, path: str | os.PathLike) -> None:
 SHOWN = 16  # images in one --show picture
 
 
-def plot_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequence[str], path: str | os.PathLike) -> None:
-    """Each image as it is on disk, titled with its predicted class and probability, above a bar
-    per class (the tutorial's ``predict_one_image``, for up to :data:`SHOWN` images)."""
+def plot_predictions(
+    paths: Sequence[Path],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    unsure: np.ndarray | None = None,
+) -> None:
+    """Each image as it is on disk, titled with its predicted class and probability (in red, after
+    "unsure:", for the flagged images), above a bar per class (the tutorial's ``predict_one_image``,
+    for up to :data:`SHOWN` images)."""
     n = min(len(paths), SHOWN)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -123,7 +130,13 @@ def plot_predictions(paths: Sequence[Path], probs: np.ndarray, classes: Sequence
         top, bars = axes[2 * r, c], axes[2 * r + 1, c]
         best = int(np.argmax(probs[i]))
         top.imshow(load_rgb(paths[i]))
-        top.set_title(f"{Path(paths[i]).name}\n{classes[best]} {probs[i][best]:.1%}", fontsize=9)
+        flagged = unsure is not None and bool(unsure[i])
+        guess = f"{classes[best]} {probs[i][best]:.1%}"
+        top.set_title(
+            f"{Path(paths[i]).name}\n" + (f"unsure: {guess}" if flagged else guess),
+            fontsize=9,
+            color="tab:red" if flagged else "black",
+        )
         bars.axis("on")
         colours = ["tab:green" if k == best else "0.7" for k in range(len(classes))]
         bars.barh(range(len(classes)), probs[i], color=colours)

@@ -1,8 +1,8 @@
 """What every training run does around the framework-specific loop; shared by jaxvgg and torchref.
 
 A run folder holds ``config.json``, ``split.json``, ``history.json``, ``metrics.json``,
-``curves.png``, ``confusion.png`` and the checkpoints (with ``--tensorboard``, event files too),
-whichever framework trained it.
+``curves.png``, ``confusion.png``, ``calibration.json`` and the checkpoints (with
+``--tensorboard``, event files too), whichever framework trained it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxvgg.core.atomic import write_bytes, write_json, write_text
+from jaxvgg.core.calibration import CALIBRATION_FILE, fit_calibration, report_lines, save_calibration
 from jaxvgg.core.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
@@ -52,6 +53,7 @@ RUN_FILES = (
     "metrics.json",
     "curves.png",
     "confusion.png",
+    CALIBRATION_FILE,
     SPARSE_BEST,
     *CHECKPOINTS["jax"],
     *CHECKPOINTS["torch"],
@@ -462,9 +464,11 @@ def finish_run(
     device: str,
     first_step_s: float | None,
     parameters: tuple[int, int],
+    val_ev: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The best model's test report, the same for both frameworks: ``metrics.json``,
-    ``confusion.png`` and the closing line. ``parameters`` is (trainable, frozen)."""
+    ``confusion.png``, ``calibration.json`` (from ``val_ev``, the best model on the split that
+    validated, when given) and the closing lines. ``parameters`` is (trainable, frozen)."""
     if ctx.scalars is not None:  # every epoch is written: let the writer's thread go
         ctx.scalars.close()
         ctx.scalars = None
@@ -497,6 +501,12 @@ def finish_run(
         f"macro-F1 {report['macro_f1']:.3f}"
     )
     print("test recall per class: " + ", ".join(f"{c} {m['recall']:.3f}" for c, m in report["per_class"].items()))
+    if val_ev is not None:
+        record = fit_calibration(
+            (val_ev["logits"], val_ev["labels"]), (ev["logits"], ev["labels"]), fitted_on=ctx.val_subset
+        )
+        save_calibration(ctx.out_dir, record)
+        print("\n".join(report_lines(record)))
     print(f"outputs in {ctx.out_dir}")
     return report
 

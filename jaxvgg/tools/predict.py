@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from jaxvgg.core.calibration import CalibratedPredictor
 from jaxvgg.core.config import TrainConfig, load_run_config, run_framework
 from jaxvgg.core.errors import UserError
-from jaxvgg.core.images import Predictor
 from jaxvgg.predict import jax_predictor
 
 
@@ -15,9 +15,12 @@ def run_settings(run_dir: str | os.PathLike) -> tuple[TrainConfig, str]:
     return load_run_config(run_dir), run_framework(run_dir)
 
 
-def predictor(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Predictor, list[str]]:
+def predictor(run_dir: str | os.PathLike, device: str | None = None) -> tuple[CalibratedPredictor, list[str]]:
     """A predictor for any run folder, JAX or PyTorch (the latter needs torch, and runs on
-    ``device``: cpu, cuda or mps, default the best there is; JAX uses its default device)."""
+    ``device``: cpu, cuda or mps, default the best there is; JAX uses its default device).
+
+    It returns calibrated probabilities, and its ``judge`` says which images are unsure, when the
+    run has a ``calibration.json``; an older run gives its plain softmax and no flags."""
     _, framework = run_settings(run_dir)
     if framework == "torch":
         try:

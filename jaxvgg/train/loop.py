@@ -113,9 +113,9 @@ def trainable_count(state: TrainState, cfg: TrainConfig) -> tuple[int, int]:
 def evaluate(
     state: TrainState, loader: Loader, eval_step, desc: str = "eval", put: Callable = lambda batch: batch
 ) -> dict[str, Any]:
-    """Loss, accuracy and predictions over ``loader``; ``put`` places a batch (e.g. shards it)."""
+    """Loss, accuracy, predictions and float32 logits over ``loader``; ``put`` places a batch (e.g. shards it)."""
     loss = correct = count = 0.0
-    labels, preds = [], []
+    labels, preds, logits = [], [], []
     t0 = time.perf_counter()
     batches = prefetch(loader.epoch(0), lambda batch: put(batch.as_dict()), PREFETCH)
     bar = progress_bar(batches, total=len(loader), desc=desc, leave=False, unit="batch", disable=not _is_main())
@@ -127,12 +127,14 @@ def evaluate(
         # The metrics cover the global batch; with several processes this one holds only its rows.
         keep = np.asarray(m["weight"]) > 0
         labels += np.asarray(m["label"])[keep].tolist()
-        preds += np.asarray(m["logits"]).argmax(-1)[keep].tolist()
+        logits.append(np.asarray(m["logits"], np.float32)[keep])
+        preds += logits[-1].argmax(-1).tolist()
     return {
         "loss": loss / max(count, 1),
         "acc": correct / max(count, 1),
         "labels": labels,
         "preds": preds,
+        "logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
         "images_per_s": count / (time.perf_counter() - t0),
     }
 
@@ -253,12 +255,12 @@ class JaxTrainer:
     def save_best(self, meta: dict[str, Any]) -> None:
         checkpoint.save(self.ctx.checkpoint("best"), local_copy(self.state.variables), _meta(self.ctx, **meta))
 
-    def test_best(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
         _, variables, meta = load_variables(self.ctx.out_dir)
         variables = self.par.replicate(variables)
         state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-        loader, put = self._feed("test")
-        return evaluate(state, loader, self.eval_step, desc="test", put=put), meta
+        loader, put = self._feed(subset)
+        return evaluate(state, loader, self.eval_step, desc=subset, put=put), meta
 
     def best_state_dict(self) -> StateDict:
         _, variables, _ = load_variables(self.ctx.out_dir)

@@ -4,6 +4,10 @@ python scripts/predict.py leaf.jpg --run runs/<run>
 python scripts/predict.py some_folder/ a.jpg b.png --run runs/<run> [--csv out.csv] [--json out.json]
 python scripts/predict.py leaf.jpg --run runs/<run> --show leaf.png   # the image, its class, the probabilities
 
+A run with a calibration.json (every run trained since it was added) gives calibrated
+probabilities and marks "unsure" the images that look like none of its training images
+(docs/calibration.md).
+
 Unreadable images are listed on stderr as "skipped <file>: <reason>" and the others predicted.
 Exit status: 0 all predicted; 1 some files skipped; 2 an error (bad run folder or flags, or no
 readable image at all), told in one "error:" line.
@@ -54,15 +58,15 @@ def main() -> int:
         where = f"{args.targets[0]}: none of its" if len(args.targets) == 1 else "none of the"
         raise UserError(f"{where} {len(bad)} image file(s) could be read (see the skipped lines)")
     predict, classes = predictor(args.run, args.device)
-    probs = predict(images)
-    print(format_predictions(paths, probs, classes))
-    rows = prediction_rows(paths, probs, classes)
+    probs, unsure = predict.judge(images)  # unsure: None for a run trained before calibration.json
+    print(format_predictions(paths, probs, classes, unsure))
+    rows = prediction_rows(paths, probs, classes, unsure)
     if args.csv:
         write_text(Path(args.csv), predictions_csv(rows, classes))
     if args.json:
         write_json(Path(args.json), rows)
     if args.show:
-        plot_predictions(paths, probs, classes, Path(args.show))
+        plot_predictions(paths, probs, classes, Path(args.show), unsure)
     for name in filter(None, (args.csv, args.json, args.show)):
         print(f"wrote {name}")
     return 1 if bad else 0
