@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxvgg.core.atomic import atomic_write
 from jaxvgg.core.folder import load_rgb
+from jaxvgg.core.gradcam import Explanation
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
@@ -113,10 +114,12 @@ def plot_predictions(
     classes: Sequence[str],
     path: str | os.PathLike,
     unsure: np.ndarray | None = None,
+    explanation: Explanation | None = None,
 ) -> None:
     """Each image as it is on disk, titled with its predicted class and probability (in red, after
     "unsure:", for the flagged images), above a bar per class (the tutorial's ``predict_one_image``,
-    for up to :data:`SHOWN` images)."""
+    for up to :data:`SHOWN` images). With an ``explanation`` (``--explain``), each image is the
+    model's input under its Grad-CAM heat map."""
     n = min(len(paths), SHOWN)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -129,14 +132,14 @@ def plot_predictions(
         r, c = divmod(i, cols)
         top, bars = axes[2 * r, c], axes[2 * r + 1, c]
         best = int(np.argmax(probs[i]))
-        top.imshow(load_rgb(paths[i]))
         flagged = unsure is not None and bool(unsure[i])
         guess = f"{classes[best]} {probs[i][best]:.1%}"
-        top.set_title(
-            f"{Path(paths[i]).name}\n" + (f"unsure: {guess}" if flagged else guess),
-            fontsize=9,
-            color="tab:red" if flagged else "black",
-        )
+        title = f"{Path(paths[i]).name}\n" + (f"unsure: {guess}" if flagged else guess)
+        if explanation is None:
+            top.imshow(load_rgb(paths[i]))
+        else:
+            title += "\n" + explanation.draw(top, i)
+        top.set_title(title, fontsize=9, color="tab:red" if flagged else "black")
         bars.axis("on")
         colours = ["tab:green" if k == best else "0.7" for k in range(len(classes))]
         bars.barh(range(len(classes)), probs[i], color=colours)

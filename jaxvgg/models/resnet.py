@@ -24,6 +24,8 @@ from jaxvgg.models.layers import (
     run,
 )
 
+STAGES = ("layer1", "layer2", "layer3", "layer4")  # torch's names of the bottleneck stages
+
 
 class Bottleneck(nn.Module):
     width: int
@@ -82,8 +84,27 @@ class ResNet(nn.Module):
         ]
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.after(self.until(x, STAGES[-1], train), STAGES[-1], train)
+
+    # The model cut in two after one stage, as in VGG: ``after(until(x, stage), stage)`` is ``__call__(x)``.
+    def until(self, x: jax.Array, layer: str, train: bool = False) -> jax.Array:
+        """The output of stage ``layer`` (``"layer1"`` … ``"layer4"``, torch's names)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x), train)))
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for stage in self._stages()[: self._cut(layer)]:
+            x = run(stage, x, train)
+        return x
+
+    def after(self, x: jax.Array, layer: str, train: bool = False) -> jax.Array:
+        """The logits, from the output of stage ``layer``."""
+        for stage in self._stages()[self._cut(layer) :]:
             x = run(stage, x, train)
         x = flatten(self.avgpool(x))
         return at_least_float32(self.fc(x))
+
+    def _stages(self) -> tuple[list[Bottleneck], ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def _cut(self, layer: str) -> int:
+        if layer not in STAGES:
+            raise ValueError(f"{layer!r}: not a stage of ResNet ({', '.join(STAGES)})")
+        return STAGES.index(layer) + 1

@@ -60,8 +60,27 @@ class VGG(nn.Module):
         self.classifier = make_classifier(spec, self.num_classes, self.image_size, self.dtype)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = run(self.features, x, train)
+        return self._head(run(self.features, x, train), train)
+
+    # The model cut in two at one layer (Grad-CAM wants the gradient at a layer's output):
+    # ``after(until(x, layer), layer)`` is ``__call__(x)``, and the layer is named as torch names it.
+    def until(self, x: jax.Array, layer: str, train: bool = False) -> jax.Array:
+        """The output of feature layer ``layer`` (``"features.N"``)."""
+        return run(self.features[: self._cut(layer)], x, train)
+
+    def after(self, x: jax.Array, layer: str, train: bool = False) -> jax.Array:
+        """The logits, from the output of feature layer ``layer``."""
+        return self._head(run(self.features[self._cut(layer) :], x, train), train)
+
+    def _head(self, x: jax.Array, train: bool) -> jax.Array:
         if self.avgpool is not None:
             x = self.avgpool(x)
         x = flatten(x)
         return at_least_float32(run(self.classifier, x, train))
+
+    def _cut(self, layer: str) -> int:
+        """How many feature layers run up to and including ``layer``."""
+        kind, _, index = layer.partition(".")
+        if kind != "features" or not index.isdigit() or int(index) >= len(self.features):
+            raise ValueError(f"{layer!r}: not a feature layer (features.0 … features.{len(self.features) - 1})")
+        return int(index) + 1

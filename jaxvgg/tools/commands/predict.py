@@ -3,6 +3,7 @@
 python scripts/predict.py leaf.jpg --run runs/<run>
 python scripts/predict.py some_folder/ a.jpg b.png --run runs/<run> [--csv out.csv] [--json out.json]
 python scripts/predict.py leaf.jpg --run runs/<run> --show leaf.png   # the image, its class, the probabilities
+python scripts/predict.py leaf.jpg --run runs/<run> --explain cam.png [--class healthy]   # where the model looks
 
 A run with a calibration.json (every run trained since it was added) gives calibrated
 probabilities and marks "unsure" the images that look like none of its training images
@@ -26,6 +27,7 @@ from jaxvgg.core.errors import UserError
 from jaxvgg.core.hostmem import keep_freed_memory
 from jaxvgg.core.images import format_predictions, image_paths, load_batch, prediction_rows, predictions_csv
 from jaxvgg.core.plots import plot_predictions
+from jaxvgg.tools.explain import explain_predictions
 from jaxvgg.tools.predict import predictor, run_settings
 
 
@@ -44,8 +46,19 @@ def main() -> int:
         help="draw each image (the first 16) with its predicted class and probabilities, as the "
         "tutorial's predict_one_image does, into this picture",
     )
+    p.add_argument(
+        "--explain",
+        metavar="FILE.png",
+        help="draw each image (the first 16) as the model saw it under its Grad-CAM heat map (red: where the "
+        "last convolution stage found evidence for the class), laid out as --show, into this picture",
+    )
+    p.add_argument(
+        "--class", dest="class_name", metavar="NAME", help="--explain this class (default: each image's predicted one)"
+    )
     p.add_argument("--device", help="PyTorch runs: cpu, cuda or mps (default: MPS, then CUDA, then CPU)")
     args = p.parse_args()
+    if args.class_name is not None and not args.explain:
+        raise UserError("--class names the class --explain draws: give --explain FILE.png too")
     cfg, _ = run_settings(args.run)  # a bad run folder is reported before any image is read
     found = list(dict.fromkeys(path for target in args.targets for path in image_paths(target)))
     images, paths, bad = load_batch(found, cfg.image_size, cfg.resize)
@@ -59,6 +72,8 @@ def main() -> int:
         raise UserError(f"{where} {len(bad)} image file(s) could be read (see the skipped lines)")
     predict, classes = predictor(args.run, args.device)
     probs, unsure = predict.judge(images)  # unsure: None for a run trained before calibration.json
+    if args.explain:  # before any output, so that a bad --class stops the command cleanly
+        explain_predictions(args.run, images, paths, probs, classes, args.explain, args.class_name, args.device, unsure)
     print(format_predictions(paths, probs, classes, unsure))
     rows = prediction_rows(paths, probs, classes, unsure)
     if args.csv:
@@ -67,7 +82,7 @@ def main() -> int:
         write_json(Path(args.json), rows)
     if args.show:
         plot_predictions(paths, probs, classes, Path(args.show), unsure)
-    for name in filter(None, (args.csv, args.json, args.show)):
+    for name in filter(None, (args.csv, args.json, args.show, args.explain)):
         print(f"wrote {name}")
     return 1 if bad else 0
 
