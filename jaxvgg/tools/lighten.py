@@ -189,6 +189,6 @@ def plot(rows: list[Measurement], path: Path) -> None:
     axes[1].set_title("accuracy against latency")
     handles = [plt.Line2D([], [], marker="o", ls="", color=colours[v], label=v) for v in variants]
     handles += [plt.Line2D([], [], marker=m, ls="", color="grey", label=f) for f, m in markers.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.025 * -(-len(handles) // 3), 1, 1))
     save_figure(fig, path, dpi=120)
