@@ -90,7 +90,9 @@ def test_two_processes_end_identical_and_equal_to_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_train_jax_on_four_devices_and_in_two_processes(tiny_data, tmp_path):
-    common = ["--data-dir", str(tiny_data), "--image-size", "32", "--batch-size", "16", "--epochs", "1"]
+    # The mechanics of devices and processes, on a model that compiles in seconds.
+    common = ["--data-dir", str(tiny_data), "--model", "student_cnn", "--image-size", "32", "--batch-size", "16"]
+    common += ["--epochs", "1"]
     bad = run_script(
         "train_jax.py", *common, "--batch-size", "18", "--out-dir", str(tmp_path / "x"), check=False, env=FOUR_DEVICES
     )

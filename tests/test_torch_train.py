@@ -54,6 +54,8 @@ def test_compare_same_split_both_frameworks_then_predict_and_evaluate_each(tiny_
         str(out),
         "--data-dir",
         str(tiny_data),
+        "--model",
+        "student_cnn",  # the report, the split and the files, on a model that compiles in seconds
         "--image-size",
         "32",
         "--batch-size",
