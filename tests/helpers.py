@@ -30,3 +30,39 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def random_flax_variables(model, size: int, seed: int):
+    """Random weights of ``model``'s shapes at ``size`` px, scaled by fan-in so that the logits stay
+    finite, and random BatchNorm statistics and scales (not the initial 0/1, so a lost one shows);
+    drawn with numpy, so no init is compiled."""
+    import jax
+    import numpy as np
+
+    from jaxvgg.models import variable_shapes
+
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        kind = path[-1].key
+        if kind == "kernel":
+            return rng.standard_normal(leaf.shape, np.float32) / np.float32(np.sqrt(np.prod(leaf.shape[:-1])))
+        if kind in ("scale", "var"):
+            return 0.5 + rng.random(leaf.shape, np.float32)
+        return 0.4 * rng.random(leaf.shape, np.float32) - 0.2  # biases, running means
+
+    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model, size))
+
+
+def randomize_batchnorm(model) -> None:
+    """Give every BatchNorm2d of a torch model random statistics, scales and shifts (in place), so
+    that a conversion that lost one would show."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)

@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, random_flax_variables, run_script
 from PIL import Image
 
 import jaxvgg
@@ -78,25 +78,9 @@ def test_targets_are_the_predicted_classes_or_the_named_one():
         class_targets(probs, CLASSES, "blight", "run")
 
 
-def random_variables(model, size, seed):
-    """Random weights scaled by fan-in (finite logits), BatchNorm statistics and scales away from
-    their initial 0/1 (a lost one would show); drawn with numpy, so no init is compiled."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            return rng.standard_normal(leaf.shape, np.float32) / np.float32(np.sqrt(np.prod(leaf.shape[:-1])))
-        if kind in ("scale", "var"):
-            return 0.5 + rng.random(leaf.shape, np.float32)
-        return 0.4 * rng.random(leaf.shape, np.float32) - 0.2  # biases, running means
-
-    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model, size))
-
-
 def test_the_two_halves_are_the_whole_model():
     model = jaxvgg.create_model("student_cnn", 3, image_size=SIZE)
-    variables = random_variables(model, SIZE, seed=0)
+    variables = random_flax_variables(model, SIZE, seed=0)
     x = normalize(np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8))
     for layer in ("features.1", cam_layer("student_cnn")):
         a = model.apply(variables, x, layer, method="until")
@@ -114,7 +98,7 @@ def test_both_frameworks_give_the_same_map_for_the_same_weights(name, size):
     from torchref.explain import torch_explain
 
     model = jaxvgg.create_model(name, 3, **size_options(name, size))
-    variables = random_variables(model, size, seed=1)
+    variables = random_flax_variables(model, size, seed=1)
     twin = torch_twin(name, variables, size, 3)
     # Every class for each of four images: some random-weight maps have nothing for a class (all 0).
     images = np.repeat(np.random.default_rng(2).integers(0, 256, (4, size, size, 3), dtype=np.uint8), 3, axis=0)

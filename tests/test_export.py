@@ -10,12 +10,11 @@ import jax
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import one_line_error, run_script
+from helpers import one_line_error, random_flax_variables, randomize_batchnorm, run_script
 
 import jaxvgg
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.specs import size_options
-from jaxvgg.models import variable_shapes
 from jaxvgg.train import checkpoint
 
 torch = pytest.importorskip("torch")
@@ -41,23 +40,6 @@ def run_folder(tmp_path, name, framework):
     return out
 
 
-def random_variables(model, seed):
-    """Random weights of the model's shapes, scaled by fan-in so that the logits stay finite, and
-    random BatchNorm statistics (not the initial 0/1, so a lost one shows); drawn with numpy, so
-    no init is compiled."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            return rng.standard_normal(leaf.shape, np.float32) / np.float32(np.sqrt(np.prod(leaf.shape[:-1])))
-        if kind in ("scale", "var"):
-            return 0.5 + rng.random(leaf.shape, np.float32)
-        return 0.4 * rng.random(leaf.shape, np.float32) - 0.2  # biases, running means
-
-    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model, SIZE))
-
-
 @functools.cache
 def jax_model(name):
     """The Flax model and its compiled forward pass, one per model for the whole module (a VGG-16
@@ -71,7 +53,7 @@ def jax_run(tmp_path, name):
     """A JAX run folder; returns it and the run's model as a function of NCHW arrays."""
     out = run_folder(tmp_path, name, "jax")
     model, forward = jax_model(name)
-    variables = random_variables(model, seed=1)
+    variables = random_flax_variables(model, SIZE, seed=1)
     checkpoint.save(out / "best.msgpack", variables, {"framework": "jax", **meta(name)})
     return out, lambda x: forward(variables, x)
 
@@ -80,12 +62,7 @@ def torch_run(tmp_path, name):
     out = run_folder(tmp_path, name, "torch")
     torch.manual_seed(1)
     model = torchref.create_model(name, 3, **size_options(name, SIZE))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
+    randomize_batchnorm(model)
     save_best(out / "best.pth", model, {"framework": "torch", **meta(name)})
     model.eval()
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from helpers import one_line_error, run_script  # noqa: E402
+from helpers import one_line_error, randomize_batchnorm, run_script  # noqa: E402
 
 import jaxvgg  # noqa: E402
 import torchref  # noqa: E402
@@ -34,12 +34,7 @@ def imagenet_resnet50(tmp_path_factory):
     way the ImageNet download is (a plain state_dict), without downloading anything."""
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
+    randomize_batchnorm(model)
     path = tmp_path_factory.mktemp("weights") / "resnet50-imagenet.pth"
     torch.save(model.state_dict(), path)
     return path, {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from helpers import randomize_batchnorm  # noqa: E402
 from torch import nn  # noqa: E402
 
 import jaxvgg  # noqa: E402
@@ -99,13 +100,7 @@ def tutorial_model(name, seed=0):
     """The tutorial's model with random weights (BatchNorm statistics included), in eval mode."""
     torch.manual_seed(seed)
     model = TUTORIAL[name]()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(model)
     return model.eval()
 
 

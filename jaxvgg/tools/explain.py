@@ -9,23 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvgg.core.errors import UserError
 from jaxvgg.core.gradcam import Explainer, Explanation, class_targets
 from jaxvgg.core.plots import SHOWN, plot_predictions
 from jaxvgg.explain import jax_explainer
-from jaxvgg.tools.predict import run_settings
+from jaxvgg.tools.predict import for_run
 
 
 def explainer(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Explainer, list[str]]:
     """Grad-CAM with any run folder's best model (a PyTorch run on ``device``; JAX uses its default device)."""
-    _, framework = run_settings(run_dir)
-    if framework == "torch":
-        try:
-            from torchref.explain import torch_explainer
-        except ImportError as e:
-            raise UserError(f"{run_dir}: a PyTorch run; reading it needs torch (pip install -e '.[torch]')") from e
-        return torch_explainer(run_dir, device=device)
-    return jax_explainer(run_dir)
+    make = for_run(run_dir, jax_explainer, "explain:torch_explainer")
+    return make(run_dir) if make is jax_explainer else make(run_dir, device=device)
 
 
 def explain_predictions(
