@@ -93,8 +93,9 @@ def plot_lr_find(result: dict, path: str | os.PathLike) -> None:
     if (lr := result.get("suggested_lr")) is not None:
         ax.axvline(lr, color="tab:red", ls="--", label=f"suggested {lr:.1e}")
     finite = [v for v in result["smoothed"] if np.isfinite(v)]
+    raw = [v for v in result["losses"] if np.isfinite(v)]
     if finite:  # the blow-up at the end would squash the interesting part
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 2 * finite[0]) * 1.1)
+        ax.set_ylim(min(finite + raw) * 0.9, min(max(finite), 2 * finite[0]) * 1.1)
     ax.set_xscale("log")
     ax.set_xlabel("Learning rate")
     ax.set_ylabel("Training loss")
