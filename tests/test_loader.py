@@ -19,8 +19,8 @@ from jaxvgg.data.augment import crop_resize_flip, device_feed
 from jaxvgg.data.cache import CachedLoader, ImageCache, placement
 from jaxvgg.data.prefetch import prefetch
 from jaxvgg.parallel import DataParallel
-from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as loop_module
+from jaxvgg.train.last_state import LastStates
 
 GiB = 2**30
 crop = jax.jit(crop_resize_flip, static_argnums=3)  # op by op it takes seconds to dispatch
@@ -170,7 +170,7 @@ def tiny_config(data, out, **kw):
 
 
 def last_params(run):
-    return jax.tree.leaves(checkpoint.read(run / "last.msgpack")[1])
+    return jax.tree.leaves(LastStates(run / "last").read()[1])
 
 
 def test_training_on_the_cached_route(tiny_data, tmp_path):
@@ -183,7 +183,7 @@ def test_training_on_the_cached_route(tiny_data, tmp_path):
     history = [json.loads((tmp_path / r / "history.json").read_text())[0] for r in ("none", "device")]
     assert history[0]["val_acc"] == history[1]["val_acc"] and history[0]["val_loss"] == history[1]["val_loss"]
     stopped = loop_module.fit(tiny_config(tiny_data, tmp_path / "aug", augment=True, data_cache="host", max_steps=2))
-    assert stopped is None and checkpoint.read(tmp_path / "aug" / "last.msgpack")[0]["batch"] == 2
+    assert stopped is None and LastStates(tmp_path / "aug" / "last").read_meta()["batch"] == 2
 
 
 def test_cached_loader_resumes_mid_epoch_with_the_same_crops(tiny_data):

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from jaxvgg.tools.weights import read_weights
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as jax_loop
 from jaxvgg.train import steps as steps_module
+from jaxvgg.train.last_state import LastStates
 
 torch = pytest.importorskip("torch")
 
@@ -218,7 +220,7 @@ def test_a_refused_resume_changes_nothing(tiny_data, tmp_path):
         (torch_run, "train_jax.py", "a torch run folder; continue it with scripts/train_torch.py --resume"),
         (jax_run, "train_torch.py", "a jax run folder; continue it with scripts/train_jax.py --resume"),
         (torch_run, "train_torch.py", "no last.pth to continue from"),
-        (jax_run, "train_jax.py", "no last.msgpack to continue from"),
+        (jax_run, "train_jax.py", "no last to continue from"),
     ):
         before = {p.name: p.read_bytes() for p in run.iterdir()}
         msg = one_line_error(run_script(script, "--resume", str(run), check=False))
@@ -386,7 +388,12 @@ def test_review_cases_of_resume_overwrite_and_old_configs(tiny_data, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     run = run_folder(tiny_data, tmp_path / "run", "jax", epochs=3)
-    checkpoint.save(run / "last.msgpack", {"w": np.zeros(1)}, {"model": "student_cnn", "epoch": "3"})
+    not_a_state = SimpleNamespace(
+        step=np.int32(1), params={"w": np.zeros(1)}, batch_stats={}, opt_state=(), rng=np.zeros(2)
+    )
+    last = LastStates(run / "last")
+    last.save(not_a_state, {"model": "student_cnn", "epoch": "3"})
+    last.close()
     # --epochs equal to the default still counts: it was given.
     cfg = config_from_args(parser.parse_args(["--resume", str(run), "--epochs", str(TrainConfig().epochs)]))
     ctx = prepare_run(cfg, "jax")

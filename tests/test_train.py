@@ -18,6 +18,7 @@ from jaxvgg.core.run import TrainingStopped
 from jaxvgg.train import checkpoint
 from jaxvgg.train import loop as loop_module
 from jaxvgg.train import steps as steps_module
+from jaxvgg.train.last_state import LastStates
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 
 
@@ -81,7 +82,7 @@ def tiny_flags(data, out):
 
 
 def params_of(run_dir):
-    meta, state = checkpoint.read(run_dir / "last.msgpack")
+    meta, state = LastStates(run_dir / "last").read()
     return meta, jax.tree.leaves(state)
 
 
@@ -101,9 +102,8 @@ def test_training_end_to_end_writes_every_output(tiny_data, tmp_path):
     assert json.loads((run / "config.json").read_text())["model"] == "student_cnn"
     for png in ("curves.png", "confusion.png"):
         assert Image.open(run / png).size[0] > 300
-    for ckpt in ("best.msgpack", "last.msgpack"):
-        meta, _ = checkpoint.read(run / ckpt)
-        assert meta["model"] == "student_cnn"
+    assert checkpoint.read(run / "best.msgpack")[0]["model"] == "student_cnn"
+    assert params_of(run)[0]["model"] == "student_cnn"
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):
@@ -211,9 +211,9 @@ def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     loop_module.fit(tiny_config(tiny_data, tmp_path / "run", epochs=1))
     state = loop_module.build_state(tiny_config(tiny_data, tmp_path / "x", model="student_cnn", image_size=64), 3, 7)
     with pytest.raises(UserError, match="does not fit student_cnn"):
-        checkpoint.restore_train_state(tmp_path / "run" / "last.msgpack", state, "student_cnn")
-    with pytest.raises(UserError, match="checkpoint is for student_cnn, not vgg16_gap"):
-        checkpoint.restore_train_state(tmp_path / "run" / "last.msgpack", state, "vgg16_gap")
+        LastStates(tmp_path / "run" / "last").restore(state, "student_cnn")
+    with pytest.raises(UserError, match="saved state is for student_cnn, not vgg16_gap"):
+        LastStates(tmp_path / "run" / "last").restore(state, "vgg16_gap")
     (tmp_path / "junk.msgpack").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="not a jaxvgg checkpoint or damaged"):
         checkpoint.read(tmp_path / "junk.msgpack")
@@ -266,7 +266,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_data, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: saved" in out and "Traceback" not in err
-    meta, _ = checkpoint.read(run / "last.msgpack")
+    meta, _ = params_of(run)
     assert meta["epoch"] >= 1
     resumed = run_script("train_jax.py", "--resume", str(run), "--max-steps", str(14 * 2 + 3)).stdout
     assert f"resuming {run} at epoch" in resumed

@@ -148,6 +148,12 @@ class TrainConfig:
     overwrite: bool = setting(
         False, "run", "replace the run files of an existing --out-dir (other files in it are kept)"
     )
+    keep_last: int = setting(
+        1,
+        "run",
+        "JAX: resumable states kept in last/ (each commits before the one before it goes); PyTorch keeps one last.pth",
+        metavar="N",
+    )
     tensorboard: bool = setting(
         False,
         "run",

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import resource
+import shutil
 import signal
 import sys
 import threading
@@ -44,7 +45,8 @@ from jaxvgg.core.synthetic import ensure_dataset
 from jaxvgg.core.tensorboard import EVENT_FILES, EpochScalars, require_writer
 
 # The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
-CHECKPOINTS = {"jax": ("best.msgpack", "last.msgpack"), "torch": ("best.pth", "last.pth")}
+# JAX's last state is orbax's folder of step folders (jaxvgg.train.last_state).
+CHECKPOINTS = {"jax": ("best.msgpack", "last"), "torch": ("best.pth", "last.pth")}
 RUN_FILES = (
     "config.json",
     "split.json",
@@ -143,9 +145,21 @@ def check_inputs_outside(cfg: TrainConfig, out_dir: Path) -> None:
             )
 
 
+def has_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a ``last/`` folder holding a committed step (orbax names a step's
+    folder by its number only once the step is complete; until then it has a temporary name)."""
+    if path.is_dir():
+        return any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
+    return path.is_file()
+
+
 def _clear_run_files(out_dir: Path) -> None:
     for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     for path in out_dir.glob(EVENT_FILES):  # an earlier run's TensorBoard scalars would mix with this one's
         path.unlink(missing_ok=True)
 
@@ -181,7 +195,7 @@ def _reopen_run(cfg: TrainConfig, framework: str) -> tuple[TrainConfig, Path, li
     else:  # a caller in Python: the settings it changed from the defaults are its request
         cfg, notes = resume_config(out_dir, changed_settings(cfg))
     last = out_dir / CHECKPOINTS[framework][1]
-    if not last.is_file():
+    if not has_checkpoint(last):
         raise UserError(f"--resume {out_dir}: no {last.name} to continue from")
     for note in notes:
         print(note)
@@ -281,7 +295,7 @@ def removed_if_unfinished(ctx: RunContext) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if ctx.main and ctx.created and not any(ctx.checkpoint(w).exists() for w in ("best", "last")):
+        if ctx.main and ctx.created and not any(has_checkpoint(ctx.checkpoint(w)) for w in ("best", "last")):
             _clear_run_files(ctx.out_dir)
             with contextlib.suppress(OSError):
                 ctx.out_dir.rmdir()  # only if nothing else was put there

@@ -1,10 +1,9 @@
-"""Checkpoints: one msgpack file holding the state pytree and a JSON header, written atomically.
+"""``best.msgpack``: the best variables as one msgpack file with a JSON header, written atomically.
 
 The file is written through :func:`jaxvgg.core.atomic.atomic_write` (a temporary file renamed over
 the target), so a crash, Ctrl-C or full disk while saving leaves the previous good checkpoint
-in place. Orbax would add async and
-multi-host sharded saving; for one replicated state per process a single atomic file is
-simpler, starts faster and is all we need (process 0 writes, see the scale issue).
+in place. It is the exchange format (``predict``, ``evaluate``, ``export``, ``--init-from``); the
+resumable state, optimizer included, is orbax's, in ``last/`` (:mod:`jaxvgg.train.last_state`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from flax import serialization
 from jaxvgg.convert import flax_to_torch
 from jaxvgg.core.atomic import write_bytes
 from jaxvgg.core.errors import UserError, WeightMismatchError
-from jaxvgg.core.meta import check_meta, check_resume_meta
+from jaxvgg.core.meta import check_meta
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import weights_file
 from jaxvgg.models import create_model, variable_shapes
@@ -29,7 +28,7 @@ from jaxvgg.models import create_model, variable_shapes
 # 2: the first FC layer after a flatten reads torch's CHW order (1 had HWC rows, which load
 # without a shape error but compute something else, so they are refused by name).
 FORMAT = "jaxvgg-checkpoint-2"
-LAST, BEST = "last.msgpack", "best.msgpack"
+BEST = "best.msgpack"
 
 
 def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) -> None:
@@ -118,30 +117,3 @@ def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:
     _, variables, meta = load_variables(path.parent, path.name)
     options = size_options(meta["model"], meta["image_size"])
     return flax_to_torch(meta["model"], variables, **options)
-
-
-def _train_state_tree(state: Any) -> dict[str, Any]:
-    """What ``last.msgpack`` holds of a :class:`~jaxvgg.train.state.TrainState`."""
-    return {
-        "step": state.step,
-        "params": state.params,
-        "batch_stats": state.batch_stats,
-        "opt_state": state.opt_state,
-        "rng": state.rng,
-    }
-
-
-def save_train_state(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> None:
-    """Everything a resume needs (step, parameters, BatchNorm statistics, optimizer state, RNG key)."""
-    save(path, _train_state_tree(state), meta)
-
-
-def restore_train_state(path: str | os.PathLike, state: Any, model: str) -> tuple[Any, dict[str, Any]]:
-    """``state`` with ``last.msgpack`` poured in, and the file's meta."""
-    path = Path(path)
-    meta, raw = read(path)
-    if meta.get("model") != model:
-        raise UserError(f"{path}: checkpoint is for {meta.get('model')}, not {model}")
-    check_resume_meta(meta, path)
-    tree = restore(_train_state_tree(state), raw, path, model)
-    return state.replace(**tree), meta

@@ -39,6 +39,7 @@ from jaxvgg.parallel import DataParallel, local_copy
 from jaxvgg.train import checkpoint, steps
 from jaxvgg.train.checkpoint import load_variables, read_jax_weights
 from jaxvgg.train.freeze import freeze_optimizer, frozen_batchnorm_apply
+from jaxvgg.train.last_state import LastStates
 from jaxvgg.train.optim import epoch_lr, make_optimizer, make_schedule
 from jaxvgg.train.state import TrainState, create_train_state
 from jaxvgg.transfer import param_labels, starting_variables
@@ -160,6 +161,7 @@ class JaxTrainer:
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights, lr_of_step)
         self.state = par.replicate(state)
         self.steps = 0
+        self.last = LastStates(ctx.checkpoint("last"), cfg.keep_last)
         weights = class_weights(ctx)  # says so when --teacher leaves them out
         self.aux = None
         loss_fn = steps.cross_entropy_loss(weights)
@@ -240,17 +242,17 @@ class JaxTrainer:
         return self.steps
 
     def save_last(self, progress: dict[str, Any]) -> None:
-        """Process 0 writes; in a multi-host run every process waits until the file is there."""
-        path = self.ctx.checkpoint("last")
-        if self.ctx.main:
-            checkpoint.save_train_state(path, local_copy(self.state), _meta(self.ctx, **progress))
-        self.ctx.barrier(f"saved {path.name}")
+        """Every process takes part; the files are written while training goes on (orbax, async)."""
+        self.last.save(self.state, _meta(self.ctx, **progress))
 
     def restore_last(self) -> dict[str, Any]:
-        state, meta = checkpoint.restore_train_state(self.ctx.checkpoint("last"), self.state, self.cfg.model)
-        self.state = self.par.replicate(state)
-        self.steps = int(state.step)
+        self.state, meta = self.last.restore(self.state, self.cfg.model)
+        self.steps = int(jax.device_get(self.state.step))
         return meta
+
+    def close(self) -> None:
+        """Wait for the save in flight: the run's last state is on disk when ``fit`` returns."""
+        self.last.close()
 
     def save_best(self, meta: dict[str, Any]) -> None:
         checkpoint.save(self.ctx.checkpoint("best"), local_copy(self.state.variables), _meta(self.ctx, **meta))
@@ -295,7 +297,11 @@ def fit(cfg: TrainConfig, read_weights: WeightReader = read_jax_weights) -> dict
         if cfg.find_lr:
             sweep = LrSweep()
             return find_lr(ctx, JaxTrainer(ctx, par, read_weights, lr_of_step=sweep.lr), sweep)
-        return driver.train(ctx, JaxTrainer(ctx, par, read_weights))
+        trainer = JaxTrainer(ctx, par, read_weights)
+        try:
+            return driver.train(ctx, trainer)
+        finally:
+            trainer.close()
 
 
 def _device_memory_bytes() -> int | None:
