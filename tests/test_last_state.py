@@ -42,7 +42,7 @@ def test_a_step_still_being_written_is_not_a_checkpoint(tmp_path):
 
 def test_a_state_of_other_shapes_or_another_model_is_refused_in_one_line(tmp_path):
     last = LastStates(tmp_path / "last")
-    last.save(state_at(1), {"model": "m", "epoch": 1, "batch": 0, "best_acc": 0.0, "bad_epochs": 0})
+    last.save(state_at(1), {"model": "m", "epoch": 1, "batch": 0, "best_score": 0.0, "bad_epochs": 0})
     last.close()
     other = state_at(1)
     other.params["conv"]["kernel"] = np.zeros((3, 3, 2, 8), np.float32)

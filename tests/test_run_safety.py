@@ -216,7 +216,10 @@ def test_a_refused_resume_changes_nothing(tiny_data, tmp_path):
     torch_run = run_folder(tiny_data, tmp_path / "torch-run", "torch")
     student_weights(torch_run / "best.pth")
     jax_run = run_folder(tiny_data, tmp_path / "jax-run", "jax")
+    old_jax_run = run_folder(tiny_data, tmp_path / "old-jax-run", "jax")
+    checkpoint.save(old_jax_run / "last.msgpack", {"w": np.zeros(1)}, {"model": "student_cnn"})
     for run, script, expected in (
+        (old_jax_run, "train_jax.py", "its last.msgpack is from an earlier jaxvgg, which this version does not resume"),
         (torch_run, "train_jax.py", "a torch run folder; continue it with scripts/train_torch.py --resume"),
         (jax_run, "train_torch.py", "a jax run folder; continue it with scripts/train_jax.py --resume"),
         (torch_run, "train_torch.py", "no last.pth to continue from"),

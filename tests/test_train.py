@@ -102,8 +102,19 @@ def test_training_end_to_end_writes_every_output(tiny_data, tmp_path):
     assert json.loads((run / "config.json").read_text())["model"] == "student_cnn"
     for png in ("curves.png", "confusion.png"):
         assert Image.open(run / png).size[0] > 300
-    assert checkpoint.read(run / "best.msgpack")[0]["model"] == "student_cnn"
+    best = checkpoint.read(run / "best.msgpack")[0]
+    assert best["model"] == "student_cnn"
+    val_acc = [h["val_acc"] for h in history]
+    assert best["epoch"] == 1 + val_acc.index(max(val_acc)), "the first epoch of the best validation accuracy"
     assert params_of(run)[0]["model"] == "student_cnn"
+
+
+def test_select_by_macro_f1_keeps_the_epoch_of_the_best_validation_macro_f1(tiny_data, tmp_path):
+    loop_module.fit(tiny_config(tiny_data, tmp_path / "run", epochs=4, select_by="macro_f1"))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    f1 = [h["val_macro_f1"] for h in history]
+    best = checkpoint.read(tmp_path / "run" / "best.msgpack")[0]
+    assert best["epoch"] == 1 + f1.index(max(f1)) and best["val_macro_f1"] == max(f1)
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_data, tmp_path):

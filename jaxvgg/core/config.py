@@ -18,6 +18,7 @@ from typing import Any
 
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import check_freeze
+from jaxvgg.core.metrics import SELECTION_SCORES
 from jaxvgg.core.settings_file import read_mapping
 from jaxvgg.core.specs import MODELS, get_spec
 from jaxvgg.core.synthetic import CLASSES, DEFAULT_COUNTS
@@ -120,7 +121,14 @@ class TrainConfig:
     step_size: int = setting(30, "schedule", "step schedule: epochs between decays (StepLR step_size)")
     gamma: float = setting(0.1, "schedule", "step schedule: factor of each decay (StepLR gamma)")
     momentum: float = setting(0.9, "optimisation", "momentum of sgd")
-    patience: int = setting(10, "schedule", "early stopping: epochs without a better validation accuracy")
+    patience: int = setting(10, "schedule", "early stopping: epochs without a better validation score (--select-by)")
+    select_by: str = setting(
+        "accuracy",
+        "schedule",
+        "the validation figure that picks the best epoch and drives early stopping; macro_f1 weighs a rare class "
+        "as much as a common one",
+        choices=SELECTION_SCORES,
+    )
     seed: int = setting(0, "data", "seed of the split, the initial weights and the batch order")
     augment: bool = setting(False, "data", "RandomResizedCrop + RandomHorizontalFlip for training")
     split: str = setting("stratified", "data", "how the images are split into train, val and test", choices=SPLITS)
@@ -335,7 +343,7 @@ INVOCATION_SETTINGS = (
 # What a config.json written before a setting existed meant by leaving it out.
 LEGACY_SETTINGS = {"class_weights": "none"}
 # Settings a resumed run may change: they apply from the next epoch on, and the run says so.
-RESUMABLE_CHANGES = ("epochs", "patience", "tensorboard")
+RESUMABLE_CHANGES = ("epochs", "patience", "tensorboard", "keep_last")
 # Where a run was written, not how it trains: a run's config.json read by --config leaves them to
 # the command line, so repeating a run never continues or overwrites the original.
 FOLDER_SETTINGS = ("out_dir", "overwrite", "resume")

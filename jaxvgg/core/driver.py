@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from jaxvgg.core.metrics import classification_report
 from jaxvgg.core.progress import progress_bar
 from jaxvgg.core.run import (
     EpochEstimate,
@@ -84,7 +85,7 @@ class Trainer(Protocol):
         ...
 
     def restore_last(self) -> dict[str, Any]:
-        """Pour ``last.*`` into the state; returns its meta (``epoch``, ``batch``, ``best_acc``, ...)."""
+        """Pour ``last.*`` into the state; returns its meta (``epoch``, ``batch``, ``best_score``, ...)."""
         ...
 
     def save_best(self, meta: dict[str, Any]) -> None:
@@ -111,7 +112,7 @@ class Position:
 
     epoch: int = 0
     batch: int = 0
-    best_acc: float = -1.0
+    best_score: float = -1.0  # of --select-by, on the validation split
     bad_epochs: int = 0
     sums: EpochSums = dataclasses.field(default_factory=EpochSums)
 
@@ -119,7 +120,7 @@ class Position:
         return {
             "epoch": self.epoch,
             "batch": self.batch,
-            "best_acc": self.best_acc,
+            "best_score": self.best_score,
             "bad_epochs": self.bad_epochs,
             "sums": dataclasses.asdict(self.sums),
         }
@@ -170,7 +171,7 @@ def resume_position(ctx: RunContext, trainer: Trainer) -> Position:
     meta = trainer.restore_last()
     if ctx.config_changed:
         ctx.save_config()
-    position = Position(meta["epoch"], meta["batch"], meta["best_acc"], meta["bad_epochs"])
+    position = Position(meta["epoch"], meta["batch"], meta["best_score"], meta["bad_epochs"])
     if position.batch > 0:
         position.sums = EpochSums(**meta.get("sums", {}))
     ctx.history = [h for h in ctx.history if h["epoch"] <= position.epoch]
@@ -235,11 +236,13 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
         trainer.end_epoch()
         with deferred_interrupt(ctx, ctx.checkpoint("last").name):
             check_divergence(ctx, position.sums.loss / max(position.sums.count, 1), epoch)
-            improved = ev["acc"] > position.best_acc
+            figures = classification_report(ev["labels"], ev["preds"], ctx.classes)
+            ev["macro_f1"], score = figures["macro_f1"], figures[cfg.select_by]
+            improved = score > position.best_score
             if improved:
-                position.best_acc, position.bad_epochs = ev["acc"], 0
+                position.best_score, position.bad_epochs = score, 0
                 if ctx.main:
-                    trainer.save_best({"epoch": epoch + 1, "val_acc": position.best_acc})
+                    trainer.save_best({"epoch": epoch + 1, "val_acc": ev["acc"], f"val_{cfg.select_by}": score})
             else:
                 position.bad_epochs += 1
             end_epoch(ctx, epoch, lr, trainer.global_sums(position.sums), ev, t0, train_s, improved)

@@ -47,8 +47,10 @@ def check_resume_meta(meta: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise UserError(f"{path}: not a resumable checkpoint (no meta)")
     bad = [k for k in ("epoch", "batch", "bad_epochs") if not _is_int(meta.get(k))]
-    if not isinstance(meta.get("best_acc"), int | float) or isinstance(meta.get("best_acc"), bool):
-        bad.append("best_acc")
+    if "best_acc" in meta and "best_score" not in meta:  # written before --select-by: it selected by accuracy
+        meta["best_score"] = meta.pop("best_acc")
+    if not isinstance(meta.get("best_score"), int | float) or isinstance(meta.get("best_score"), bool):
+        bad.append("best_score")
     if bad:
         raise UserError(f"{path}: not a resumable checkpoint (its meta lacks or mangles {', '.join(bad)})")
     return meta

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# What --select-by may name: a figure of classification_report, higher is better.
+SELECTION_SCORES = ("accuracy", "macro_f1")
+
 
 def confusion_matrix(labels: Sequence[int], preds: Sequence[int], num_classes: int) -> np.ndarray:
     cm = np.zeros((num_classes, num_classes), np.int64)

@@ -196,6 +196,11 @@ def _reopen_run(cfg: TrainConfig, framework: str) -> tuple[TrainConfig, Path, li
         cfg, notes = resume_config(out_dir, changed_settings(cfg))
     last = out_dir / CHECKPOINTS[framework][1]
     if not has_checkpoint(last):
+        if (out_dir / "last.msgpack").is_file():
+            raise UserError(
+                f"--resume {out_dir}: its last.msgpack is from an earlier jaxvgg, which this version does not "
+                "resume (it keeps the state in last/, with orbax); best.msgpack still loads: --init-from it"
+            )
         raise UserError(f"--resume {out_dir}: no {last.name} to continue from")
     for note in notes:
         print(note)
@@ -365,6 +370,7 @@ def end_epoch(
         "train_acc": sums.correct / n,
         "val_loss": ev["loss"],
         "val_acc": ev["acc"],
+        "val_macro_f1": ev["macro_f1"],
         "val_split": ctx.val_subset,  # "test" when --val-fraction 0 (the tutorial's way)
         "seconds": time.perf_counter() - t0,
         "train_images_per_s": sums.count / train_s,
