@@ -167,6 +167,7 @@ def test_yaml_without_pyyaml_says_how_to_install(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_script_trains_what_the_config_file_says(tiny_data, tmp_path):
+    pytest.importorskip("torch")
     (tmp_path / "c.yaml").write_text(
         f"data_dir: {tiny_data}\nmodel: student_cnn\nimage_size: 32\nbatch_size: 8\nworkers: 0\nlr: 2e-3\n"
     )
@@ -227,6 +228,7 @@ def test_tensorboard_event_files_hold_the_history(tiny_data, tmp_path, framework
 
         fit(tiny(tiny_data, out, epochs=2, tensorboard=True))
     else:  # torch trains in seconds: one epoch, then a resume for the second, into a file of its own
+        pytest.importorskip("torch")
         from torchref.train import fit
 
         fit(tiny(tiny_data, out, epochs=1, tensorboard=True), "cpu")
