@@ -5,6 +5,7 @@ Every file goes through :mod:`torchref.torchfile` (``weights_only=True`` reads, 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from torch import nn
 import torchref
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.meta import check_meta, check_resume_meta
+from jaxvgg.core.run import INT8_CHECKPOINTS
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, weights_file
-from torchref.compress import plain_state_dict
+from torchref.compress import int8_structure, plain_state_dict
 from torchref.torchfile import load_torch_file, save_torch_file
 
 LAST, BEST = "last.pth", "best.pth"
+INT8_BEST = INT8_CHECKPOINTS["torch"]  # an int8 run folder's model (scripts/quantize.py)
 
 
 def save_best(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -38,8 +41,8 @@ def save_last_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
     save_torch_file(path, state)
 
 
-def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    path = Path(run_dir) / which
+def _checkpoint(path: Path, device: str | torch.device) -> tuple[dict, dict[str, Any], nn.Module]:
+    """(the file's contents, its checked meta, the float model it describes) of a torchref checkpoint."""
     if not path.exists():
         raise UserError(f"{path}: checkpoint does not exist")
     ckpt = load_torch_file(path, map_location=device)
@@ -47,12 +50,41 @@ def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.devic
         raise UserError(f"{path}: not a torchref checkpoint (expected a model state_dict and its meta)")
     meta = check_meta(ckpt.get("meta"), path)
     options = size_options(meta["model"], meta["image_size"])
-    model = torchref.create_model(meta["model"], meta["num_classes"], **options)
+    return ckpt, meta, torchref.create_model(meta["model"], meta["num_classes"], **options)
+
+
+def _load_weights(model: nn.Module, state: Any, path: Path, name: str) -> None:
     try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{path}: checkpoint does not fit {meta['model']}: {str(e).splitlines()[0]}") from e
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: checkpoint does not fit {name}: {str(e).splitlines()[0]}") from e
+
+
+def load_model(run_dir: str | Path, which: str = BEST, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    path = Path(run_dir) / which
+    ckpt, meta, model = _checkpoint(path, device)
+    _load_weights(model, ckpt["model"], path, meta["model"])
     return model.to(device).eval(), meta
+
+
+def save_int8(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """An int8 model of :func:`torchref.compress.quantize_int8`: its state_dict (int8 weights with
+    their per-channel scales, the activations' scales and zero points), as plain tensors."""
+    save_torch_file(path, {"model": model.state_dict(), "meta": {**meta, "quantization": "int8"}})
+
+
+def load_int8(run_dir: str | Path) -> tuple[nn.Module, dict]:
+    """(int8 model, meta) of an int8 run folder; the model runs on the CPU only (fbgemm/x86 kernels)."""
+    path = Path(run_dir) / INT8_BEST
+    with warnings.catch_warnings():  # torch's deprecation notices for the quantized tensors it reads
+        warnings.simplefilter("ignore")
+        ckpt, meta, model = _checkpoint(path, "cpu")
+    if meta.get("quantization") != "int8":
+        raise UserError(f"{path}: not an int8 checkpoint")
+    example = torch.zeros(1, 3, meta["image_size"], meta["image_size"])
+    qmodel = int8_structure(model, example)
+    _load_weights(qmodel, ckpt["model"], path, f"{meta['model']} (int8)")
+    return qmodel.eval(), meta
 
 
 def restore_last(

@@ -69,6 +69,15 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def _prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` (a copy, on the CPU) with fbgemm/x86 observers inserted by FX's ``prepare_fx``."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    return prepare_fx(copy.deepcopy(model).cpu().eval(), get_default_qconfig_mapping("x86"), (example,))
+
+
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
     """Post-training static int8 quantization (x86/fbgemm kernels; CPU only).
 
@@ -77,15 +86,28 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.M
     in torchao, is a separate package outside our pinned dependencies. torch.ao.quantization
     announces its deprecation on every call; those warnings are silenced here.
     """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    from torch.ao.quantization.quantize_fx import convert_fx
 
     batches = list(calibration)
-    torch.backends.quantized.engine = "x86"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), get_default_qconfig_mapping("x86"), (batches[0],))
+        prepared = _prepare_int8(model, batches[0])
         with torch.no_grad():
             for x in batches:
                 prepared(x)
         return convert_fx(prepared)
+
+
+def int8_structure(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The module :func:`quantize_int8` makes of ``model``, uncalibrated: what a saved int8
+    state_dict (int8 weights, scales and zero points) loads into.
+
+    A converted FX module is a generated graph, not a class a state_dict could be poured into;
+    the same prepare/convert on the same architecture builds the same graph and names, so a
+    state_dict saved from one loads strictly into the other (checked by the tests).
+    """
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation, and the observers that saw no data
+        return convert_fx(_prepare_int8(model, example))

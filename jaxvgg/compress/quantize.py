@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 
 from jaxvgg.convert import flax_path_to_torch
+from jaxvgg.data.normalize import normalize
 from jaxvgg.models.layers import Conv2d, Linear
 
 QMAX = 127
@@ -75,6 +76,29 @@ def quantize(variables: Any, input_max: dict[str, float]) -> dict[str, Any]:
     out = dict(variables)
     out["params"] = walk(jax.tree.map(np.asarray, variables["params"]), ())
     return out
+
+
+def quantize_images(model: nn.Module, variables: Any, images: np.ndarray, batch_size: int = 32) -> dict[str, Any]:
+    """The int8 variables of ``model``, its inputs calibrated on ``images`` (uint8 NHWC, as the loader gives)."""
+    batches = [normalize(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return quantize(variables, calibrate(model, variables, batches))
+
+
+def int8_template(variables: Any) -> dict[str, Any]:
+    """What :func:`quantize` makes of ``variables`` (any values: only the structure, shapes and
+    dtypes are kept), for checking and restoring a saved int8 checkpoint."""
+    names: list[str] = []
+
+    def collect(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            if "kernel" in node:
+                names.append(flax_path_to_torch(path))
+            else:
+                for k, v in node.items():
+                    collect(v, (*path, k))
+
+    collect(variables["params"], ())
+    return quantize(variables, dict.fromkeys(names, 1.0))
 
 
 def _int8_layer(module: nn.Module, x: jax.Array) -> jax.Array:

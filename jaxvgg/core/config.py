@@ -348,7 +348,7 @@ RESUMABLE_CHANGES = ("epochs", "patience", "tensorboard", "keep_last")
 # the command line, so repeating a run never continues or overwrites the original.
 FOLDER_SETTINGS = ("out_dir", "overwrite", "resume")
 # What config.json records beside the settings; --config takes the file as it is and skips them.
-RUN_RECORDS = ("framework", "classes")
+RUN_RECORDS = ("framework", "classes", "quantization", "quantized_from")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default: finishes in minutes on a 2-core laptop CPU (see README for why this model).
@@ -646,3 +646,20 @@ def run_framework(run_dir: str | Path) -> str:
     if framework not in ("jax", "torch"):
         raise UserError(f"{path}: framework {framework!r}: expected jax or torch")
     return framework
+
+
+def run_quantization(run_dir: str | Path) -> str | None:
+    """``int8`` for a run folder written by ``scripts/quantize.py``, None for a float run."""
+    path = Path(run_dir) / "config.json"
+    load_run_config(run_dir)
+    quantization = json.loads(path.read_text()).get("quantization")  # a record, not a setting
+    if quantization not in (None, "int8"):
+        raise UserError(f"{path}: quantization {quantization!r}: expected int8 (or none)")
+    return quantization
+
+
+def float_run_only(run_dir: str | Path, needs: str) -> None:
+    """A one-line error when ``run_dir`` is an int8 run, for what ``needs`` its float model."""
+    if run_quantization(run_dir):
+        source = json.loads((Path(run_dir) / "config.json").read_text()).get("quantized_from")
+        raise UserError(f"{run_dir}: an int8 run (quantized from {source}); {needs} needs the float run: use {source}")

@@ -47,6 +47,9 @@ from jaxvgg.core.tensorboard import EVENT_FILES, EpochScalars, require_writer
 # The files a run writes, by framework: an --out-dir holding any of them is somebody's run.
 # JAX's last state is orbax's folder of step folders (jaxvgg.train.last_state).
 CHECKPOINTS = {"jax": ("best.msgpack", "last"), "torch": ("best.pth", "last.pth")}
+# An int8 run folder's (scripts/quantize.py): its model, and the float-against-int8 report.
+INT8_CHECKPOINTS = {"jax": "best-int8.msgpack", "torch": "best-int8.pth"}
+QUANTIZE_FILE = "quantize.json"
 RUN_FILES = (
     "config.json",
     "split.json",
@@ -59,6 +62,8 @@ RUN_FILES = (
     SPARSE_BEST,
     *CHECKPOINTS["jax"],
     *CHECKPOINTS["torch"],
+    *INT8_CHECKPOINTS.values(),
+    QUANTIZE_FILE,
 )
 SCRIPTS = {"jax": "scripts/train_jax.py", "torch": "scripts/train_torch.py"}
 

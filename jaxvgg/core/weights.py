@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvgg.core.config import run_framework
+from jaxvgg.core.config import float_run_only, run_framework
 from jaxvgg.core.errors import UserError, WeightMismatchError
 from jaxvgg.core.freeze import head_module, under
 from jaxvgg.core.tutorial_keys import from_tutorial
@@ -29,6 +29,7 @@ def weights_file(source: str | Path) -> Path:
     ``config.json`` names (a folder holding both frameworks' files is read as its config says)."""
     path = Path(source)
     if path.is_dir():
+        float_run_only(path, "reading its float weights")  # --init-from, --pretrained, --teacher, ...
         path = path / BEST_FILES[run_framework(path)]
     if not path.is_file():
         raise UserError(f"{path}: no such file")

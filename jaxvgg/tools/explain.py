@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvgg.core.config import float_run_only
 from jaxvgg.core.gradcam import Explainer, Explanation, class_targets
 from jaxvgg.core.plots import SHOWN, plot_predictions
 from jaxvgg.explain import jax_explainer
@@ -17,6 +18,7 @@ from jaxvgg.tools.predict import for_run
 
 def explainer(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Explainer, list[str]]:
     """Grad-CAM with any run folder's best model (a PyTorch run on ``device``; JAX uses its default device)."""
+    float_run_only(run_dir, "--explain (Grad-CAM's gradients)")
     make = for_run(run_dir, jax_explainer, "explain:torch_explainer")
     return make(run_dir) if make is jax_explainer else make(run_dir, device=device)
 

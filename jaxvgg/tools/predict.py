@@ -36,6 +36,7 @@ def predictor(run_dir: str | os.PathLike, device: str | None = None) -> tuple[Ca
     ``device``: cpu, cuda or mps, default the best there is; JAX uses its default device).
 
     It returns calibrated probabilities, and its ``judge`` says which images are unsure, when the
-    run has a ``calibration.json``; an older run gives its plain softmax and no flags."""
+    run has a ``calibration.json``; an older run gives its plain softmax and no flags. An int8 run
+    folder (``scripts/quantize.py``) predicts with its int8 model (PyTorch's on the CPU)."""
     make = for_run(run_dir, jax_predictor, "predict:torch_predictor")
     return make(run_dir) if make is jax_predictor else make(run_dir, device=device)

@@ -17,10 +17,12 @@ import jax
 import numpy as np
 from flax import serialization
 
+from jaxvgg.compress.quantize import int8_template, quantized_apply
 from jaxvgg.convert import flax_to_torch
 from jaxvgg.core.atomic import write_bytes
 from jaxvgg.core.errors import UserError, WeightMismatchError
 from jaxvgg.core.meta import check_meta
+from jaxvgg.core.run import INT8_CHECKPOINTS
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import weights_file
 from jaxvgg.models import create_model, variable_shapes
@@ -29,6 +31,7 @@ from jaxvgg.models import create_model, variable_shapes
 # without a shape error but compute something else, so they are refused by name).
 FORMAT = "jaxvgg-checkpoint-2"
 BEST = "best.msgpack"
+INT8_BEST = INT8_CHECKPOINTS["jax"]  # an int8 run folder's model (scripts/quantize.py)
 
 
 def save(path: str | os.PathLike, tree: Any, meta: dict[str, Any]) -> None:
@@ -87,6 +90,15 @@ def _shape_mismatches(expected: Any, got: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def _model_and_template(meta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The Flax model a checkpoint's meta describes, and zero variables of its shapes."""
+    options = size_options(meta["model"], meta["image_size"])
+    model = create_model(meta["model"], meta["num_classes"], **options)
+    template = dict(variable_shapes(model, meta["image_size"]))
+    template.setdefault("batch_stats", {})
+    return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+
+
 def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(Flax model, variables, meta) of a JAX run folder's best (or last) checkpoint."""
     path = Path(run_dir) / which
@@ -94,18 +106,31 @@ def load_variables(run_dir: str | Path, which: str = BEST) -> tuple[Any, dict[st
     check_meta(meta, path)
     if meta.get("framework", "jax") != "jax":
         raise UserError(f"{path}: not a JAX checkpoint")
-    options = size_options(meta["model"], meta["image_size"])
-    model = create_model(meta["model"], meta["num_classes"], **options)
-    template = dict(variable_shapes(model, meta["image_size"]))
-    template.setdefault("batch_stats", {})
-    tree = restore(
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
-        {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})},
-        path,
-        meta["model"],
-    )
+    model, template = _model_and_template(meta)
+    tree = restore(template, {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}, path, meta["model"])
     variables = {k: v for k, v in tree.items() if v}
     return model, variables, meta
+
+
+def load_int8(run_dir: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(apply, int8 variables, meta) of an int8 run folder (:mod:`jaxvgg.compress.quantize`'s
+    layers: ``apply(variables, x)`` computes the convolutions and linear layers in integers)."""
+    path = Path(run_dir) / INT8_BEST
+    meta, raw = read(path)
+    check_meta(meta, path)
+    if meta.get("framework", "jax") != "jax" or meta.get("quantization") != "int8":
+        raise UserError(f"{path}: not an int8 JAX checkpoint")
+    model, template = _model_and_template(meta)
+    template = int8_template({k: v for k, v in template.items() if v})
+    tree = restore(template, {k: raw.get(k, {}) for k in template}, path, meta["model"])
+    wrong = [
+        f"{jax.tree_util.keystr(k)}: {np.asarray(got).dtype}, expected {want.dtype}"
+        for (k, got), want in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(template), strict=True)
+        if np.asarray(got).dtype != want.dtype
+    ]
+    if wrong:
+        raise UserError(f"{path}: damaged int8 checkpoint: " + "; ".join(wrong[:3]))
+    return quantized_apply(model), tree, meta
 
 
 def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ COMMANDS = {
     "summary": ("summary", "print a torchsummary-style table of any model"),
     "export": ("export", "write a run's best model as a plain .pth, ONNX or Flax msgpack"),
     "lighten": ("lighten", "the tutorial's light-model table, both frameworks"),
+    "quantize": ("quantize", "an int8 run folder of a run, either framework"),
     "distill": ("distill", "knowledge distillation into a small student"),
     "bench": ("bench", "time train and eval steps, JAX against PyTorch"),
     "make-dataset": ("make_dataset", "draw the built-in potato-leaf dataset into a folder"),

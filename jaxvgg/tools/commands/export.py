@@ -25,7 +25,7 @@ from typing import Any
 
 from jaxvgg.core.atomic import write_bytes
 from jaxvgg.core.cli import main_guard
-from jaxvgg.core.config import run_framework
+from jaxvgg.core.config import float_run_only, run_framework
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.run import RUN_FILES
 from jaxvgg.core.specs import get_spec, size_options
@@ -141,6 +141,7 @@ def export_run(run: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
         raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     run = Path(run)
     framework = run_framework(run)  # a missing or damaged run folder is one line, before anything is loaded
+    float_run_only(run, "exporting")
     if out and Path(out).resolve().parent == run.resolve() and Path(out).name in RUN_FILES:
         raise UserError(f"--out {out}: that is one of the run's own files; choose another name")
     try:
