@@ -52,3 +52,34 @@ def textures(tmp_path_factory):
             img = np.where(mask, a, b) + rng.normal(0, 12, (32, 32, 3))
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """Six classes, 56 images each, 32 px: one shape per class (square, disc, cross, triangle,
+    bar, ring) in the class's own colour, at a random place and size on grey of random brightness.
+    The signal is plain (colour alone tells the classes apart), so any model that trains at all
+    shows it within a few dozen steps; 336 images make 30 batches of 8 of the training split, so
+    those steps are the first epoch of a real run."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:32, :32] / 32
+    colours = [(230, 40, 40), (40, 200, 40), (40, 80, 230), (230, 210, 40), (200, 40, 200), (40, 210, 210)]
+    shapes = {
+        "square": lambda cy, cx, r: (abs(y - cy) < r) & (abs(x - cx) < r),
+        "disc": lambda cy, cx, r: (y - cy) ** 2 + (x - cx) ** 2 < r**2,
+        "cross": lambda cy, cx, r: (
+            ((abs(y - cy) < r) & (abs(x - cx) < r / 3)) | ((abs(x - cx) < r) & (abs(y - cy) < r / 3))
+        ),
+        "triangle": lambda cy, cx, r: (abs(y - cy) < r) & (abs(x - cx) < (y - cy + r) / 2),
+        "bar": lambda cy, cx, r: (abs(y - cy) < r / 3) & (abs(x - cx) < r),
+        "ring": lambda cy, cx, r: ((y - cy) ** 2 + (x - cx) ** 2 < r**2) & ((y - cy) ** 2 + (x - cx) ** 2 > r**2 / 4),
+    }
+    for (name, shape), colour in zip(shapes.items(), colours, strict=True):
+        (root / name).mkdir()
+        for i in range(56):
+            r = rng.uniform(0.22, 0.35)
+            cy, cx = rng.uniform(r, 1 - r, 2)
+            img = np.where(shape(cy, cx, r)[..., None], colour, rng.integers(60, 140)) + rng.normal(0, 10, (32, 32, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

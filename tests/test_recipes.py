@@ -1,6 +1,7 @@
-"""Models learn from their own defaults, in both frameworks, on a data set the test draws (four
-classes of textures, not the built-in leaves): a user who names only --model and --data-dir gets
-a training loss that falls. Not yet every model: see LEARNING."""
+"""Models learn from their own defaults, in both frameworks, on a data set the test draws (six
+classes of coloured shapes, fixture ``shapes``, not the built-in leaves): a user who names only
+--model and --data-dir gets a training loss that falls within a few dozen steps. Not yet every
+model of the zoo: see LEARNING and NOT_YET."""
 
 import json
 
@@ -8,17 +9,40 @@ import numpy as np
 import pytest
 
 from jaxvgg.core.config import TrainConfig
+from jaxvgg.core.run import prepare_run
 from jaxvgg.core.specs import MODELS
-from jaxvgg.train import loop as jax_loop
 
 torch = pytest.importorskip("torch")
 
-from torchref import train as torch_loop  # noqa: E402
+# The models shown to learn from their defaults within STEPS steps, in both frameworks (figures:
+# docs/recipes.md, "Defaults for any model").
+LEARNING = ["student_cnn", "vgg16_gap_bn"]
+# Not yet shown to learn clearly within STEPS steps from their defaults: measured (docs/recipes.md),
+# or not yet measured. A new model of the zoo goes into one list or the other.
+NOT_YET = [
+    "vgg11",  # 1.84 -> 1.40 in JAX: past the bar by a hair, too close to hold in both frameworks
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",  # 1.79 -> 1.42 in JAX, but 1.81 -> 1.64 in torch
+    "vgg16_bn",  # unstable at 1e-4: steps at loss 6.7
+    "vgg16_dsconv_bn",  # 2.18 -> 1.70 in JAX, 2.03 -> 1.98 in torch
+    "vgg19",  # 1.88 -> 1.61 in JAX even at 3e-4
+    "vgg19_bn",
+    "vgg16_manual",  # flat at ln 6 (torch's default init: the signal's variance / 6 per conv)
+    "vgg16_slim",  # 1.79 -> 1.53 in JAX
+    "vgg16_gap",  # 1.78 -> 1.10 in JAX, but 1.78 -> 1.57 in torch
+    "vgg16_dsconv",  # had no signal before depthwise_init; now 1.79 -> 1.68
+    "vgg16_slim_bn",  # 1.84 -> 1.60 in JAX, 1.84 -> 1.76 in torch
+    "resnet50",  # 2.33 -> 1.52 in JAX with single steps from 0.47 to 5.67; 2.51 -> 2.73 in torch
+]
 
-# The models shown to learn from their defaults within a few dozen steps here. Measured and not
-# yet passing (docs/recipes.md): vgg16, vgg16_manual, vgg16_gap and vgg16_dsconv at 1e-4 (train
-# loss 1.44 -> 1.38 over 28 steps), resnet50 at 1e-3 (2.25 -> 2.09), vgg16_bn at 5e-4 (30 -> 5.5).
-LEARNING = ["vgg16_gap_bn", "student_cnn"]
+STEPS = 30  # a few dozen: the first epoch of the shapes set at batch 8
+WINDOW = 5  # steps averaged at each end: a batch-8 loss is noisy
+
+
+def test_every_model_is_shown_to_learn_or_listed_as_not_yet():
+    assert sorted(LEARNING + NOT_YET) == sorted(MODELS)
 
 
 def test_every_model_has_a_default_rate_that_the_config_records():
@@ -28,15 +52,67 @@ def test_every_model_has_a_default_rate_that_the_config_records():
     assert TrainConfig(model="vgg16", lr=3e-4).lr == 3e-4, "an explicit --lr wins"
 
 
+def test_depthwise_filters_start_at_unit_gain_in_both_frameworks():
+    """Kaiming fan-out counted a depthwise 3x3's fan-out as 9 x channels, so its taps started
+    sqrt(channels) times too small and vgg16_dsconv passed no signal on (its loss sat at ln C)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from jaxvgg.models.layers import Conv2d
+    from torchref.models.vgg import DSConv, init_torchvision
+
+    c = 256
+    conv = Conv2d(c, 3, padding=1, groups=c, init="torchvision")
+    # Module.init by name: the layer's own `init` field ("torchvision") hides the method
+    flax_kernel = nn.Module.init(conv, jax.random.key(0), jnp.zeros((1, 4, 4, c)))["params"]["kernel"]
+    torch_conv = DSConv(c, c)
+    init_torchvision(torch_conv)
+    for kernel in (np.asarray(flax_kernel), torch_conv.depthwise.weight.detach().numpy()):
+        assert abs(kernel.std() - 1 / 3) < 0.02, kernel.std()
+    assert abs(torch_conv.pointwise.weight.std().item() - np.sqrt(2 / c)) < 0.01, "pointwise: Kaiming fan-out"
+
+
+def first_losses(framework: str, cfg: TrainConfig, steps: int) -> list[float]:
+    """The training loss of each of the first ``steps`` steps of the run ``fit`` would make of
+    ``cfg``: its run folder, trainer, loader and optimizer, without the evaluation and checkpoints."""
+    if framework == "jax":
+        from jaxvgg.parallel import DataParallel
+        from jaxvgg.train.checkpoint import read_jax_weights
+        from jaxvgg.train.loop import JaxTrainer
+
+        par = DataParallel.create(cfg.devices)
+        trainer = JaxTrainer(prepare_run(cfg, "jax"), par, read_jax_weights)
+    else:
+        from torchref.checkpoint import read_torch_weights
+        from torchref.distributed import init_distributed
+        from torchref.train import TorchTrainer
+
+        ddp = init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
+        trainer = TorchTrainer(prepare_run(cfg, "torch"), ddp, "cpu", read_torch_weights)
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < steps:
+        trainer.start_epoch(epoch)
+        for batch in trainer.batches(epoch, 0):
+            ((loss_sum, _, count),) = trainer.fetch([trainer.train_step(batch)])
+            losses.append(loss_sum / count)
+            if len(losses) == steps:
+                break
+        trainer.end_epoch()
+        epoch += 1
+    return losses
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("name", LEARNING)
-def test_each_kind_of_model_learns_from_its_defaults(textures, tmp_path, name, framework):
+def test_the_models_that_learn_do_so_from_their_defaults(shapes, tmp_path, name, framework):
     out = tmp_path / "run"
-    cfg = TrainConfig(model=name, data_dir=str(textures), image_size=32, batch_size=8, epochs=4, out_dir=str(out))
-    fit = jax_loop.fit if framework == "jax" else (lambda c: torch_loop.fit(c, "cpu"))
-    fit(cfg)
-    history = json.loads((out / "history.json").read_text())
+    cfg = TrainConfig(model=name, data_dir=str(shapes), image_size=32, batch_size=8, out_dir=str(out))
+    losses = first_losses(framework, cfg, STEPS)
     assert json.loads((out / "config.json").read_text())["lr"] == MODELS[name].default_lr
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    assert last < 0.8 * first and last < np.log(4), f"{name} ({framework}): train loss {first:.3f} -> {last:.3f}"
+    first, last = np.mean(losses[:WINDOW]), np.mean(losses[-WINDOW:])
+    chance = np.log(len(list(shapes.iterdir())))
+    print(f"{name} ({framework}, lr {cfg.lr:g}): train loss {first:.3f} -> {last:.3f} in {STEPS} steps")
+    assert last < 0.8 * first and last < chance, f"{name} ({framework}): train loss {first:.3f} -> {last:.3f}"

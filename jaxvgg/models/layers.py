@@ -39,6 +39,16 @@ def kaiming_fan_out() -> Initializer:
     return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def depthwise_init() -> Initializer:
+    """A depthwise 3x3 under ``init="torchvision"``: ``normal(0, 1/3)``, variance 1 / fan-in (its 9 taps).
+
+    Kaiming fan-out counts a depthwise filter's fan-out as 9 x channels, so every tap was about
+    sqrt(channels) times too small: 13 such layers without BatchNorm (``vgg16_dsconv``) passed no
+    signal on, and the loss sat at ln C at 1e-4 and at 1e-3 (docs/recipes.md). Gain 1, not 2: the
+    pointwise conv after it, with no ReLU between, carries the ReLU's factor 2."""
+    return nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
 class Conv2d(nn.Module):
     out_channels: int
     kernel_size: int = 3
@@ -55,7 +65,11 @@ class Conv2d(nn.Module):
         in_channels = x.shape[-1]
         k = self.kernel_size
         fan_in = in_channels // self.groups * k * k
-        kernel_init = kaiming_fan_out() if self.init == "torchvision" else torch_default_kernel_init()
+        depthwise = self.groups > 1 and self.groups == in_channels
+        if self.init == "torchvision":
+            kernel_init = depthwise_init() if depthwise else kaiming_fan_out()
+        else:
+            kernel_init = torch_default_kernel_init()
         kernel = self.param("kernel", kernel_init, (k, k, in_channels // self.groups, self.out_channels))
         dtype = self.dtype or x.dtype
         y = conv2d(

@@ -62,10 +62,13 @@ class VGG(nn.Module):
 
 
 def init_torchvision(model: nn.Module) -> None:
-    """torchvision's VGG initialisation (also what its ResNet uses for convolutions)."""
+    """torchvision's VGG initialisation (also what its ResNet uses for convolutions), depthwise convs apart."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.groups > 1 and m.groups == m.in_channels:  # depthwise: jaxvgg.models.layers.depthwise_init
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.BatchNorm2d):
