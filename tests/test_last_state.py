@@ -60,3 +60,12 @@ def test_a_damaged_state_is_one_line(tmp_path):
         manifest.write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="damaged saved state"):
         LastStates(tmp_path / "last").read()
+
+
+def test_bench_checkpoints_times_every_way_of_saving_the_state():
+    pytest.importorskip("torch")
+    from jaxvgg.tools.checkpoint_pause import checkpoint_pauses
+
+    table = checkpoint_pauses("student_cnn", repeats=1)
+    for line in ("JAX state:", "one msgpack file (before orbax)", "orbax last/ (async)", "last.pth (torch.save)"):
+        assert line in table, table

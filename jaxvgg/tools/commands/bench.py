@@ -452,6 +452,9 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=list(SWEEP_SIZES), help="with --sweep: these sizes")
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--loader", action="store_true", help="time only the training loader, at --image-size")
+    p.add_argument(
+        "--checkpoints", action="store_true", help="time saving --model's resumable state (orbax, msgpack, torch.save)"
+    )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument(
@@ -478,6 +481,12 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({"loader": rates, "cpu_count": os.cpu_count()}, indent=2))
         return
     frameworks = ["jax", "torch"] if args.framework == "both" else [args.framework]
+    if args.checkpoints:
+        from jaxvgg.tools.checkpoint_pause import checkpoint_pauses  # imports both frameworks: only here
+
+        print(f"CPU: {describe_cpu()}", flush=True)
+        print(checkpoint_pauses(args.model, max(args.repeats, 3), tuple(frameworks)))
+        return
     cases = (
         [(m, s, SWEEP_SIZES.get(s, 8)) for m in args.models for s in args.sizes]
         if args.sweep
