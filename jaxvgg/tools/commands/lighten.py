@@ -68,7 +68,7 @@ def variants_for(framework: str, out: Path, common: list[str], args: argparse.Na
 
     def light(variant: str, label: str) -> Variant:
         name = light_model(variant, b)
-        return Variant(f"{name} ({label})", name, run(name, "--model", name))
+        return Variant(f"{name} ({label})", name, run(name, "--model", name, "--epochs", str(args.dsconv_epochs)))
 
     def light_head(variant: str, label: str) -> Variant:
         """The base's conv features under a new, lighter head, fine-tuned at the base's rate."""
@@ -110,8 +110,12 @@ def main() -> None:
     )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=7, help="epochs of the base and the student, trained from scratch")
     p.add_argument(
-        "--epochs", type=int, default=7, help="epochs of the models trained from scratch: base, dsconv, student"
+        "--dsconv-epochs",
+        type=int,
+        default=10,
+        help="epochs of the depthwise-separable model, from scratch (its convolutions cannot borrow the base's)",
     )
     p.add_argument(
         "--finetune-epochs",
@@ -161,10 +165,11 @@ def main() -> None:
     total_s = time.perf_counter() - t0
     header = (
         f"# Making VGG-16 light: measured\n\n"
-        f"{len(test[1])} test images at {args.image_size} px; base, dsconv and student trained {args.epochs} "
-        f"epochs from scratch (batch {args.batch_size}, Adam lr {args.lr or 'per model'}); the slim and GAP heads "
-        f"on the base's features and the pruned base (L1 per layer) fine-tuned {args.finetune_epochs} epoch(s) at "
-        f"the base's rate; int8: per-channel weights, activations calibrated on 64 training images.\n"
+        f"{len(test[1])} test images at {args.image_size} px; base and student trained {args.epochs} epochs, "
+        f"dsconv {args.dsconv_epochs}, from scratch (batch {args.batch_size}, Adam lr {args.lr or 'per model'}); "
+        f"the slim and GAP heads on the base's features and the pruned base (L1 per layer) fine-tuned "
+        f"{args.finetune_epochs} epoch(s) at the base's rate; int8: per-channel weights, activations calibrated "
+        f"on 64 training images.\n"
         f"Machine: {describe_cpu()}; training {train_s / 60:.1f} min, "
         f"total {total_s / 60:.1f} min.\nCommand: `python scripts/lighten.py {' '.join(sys.argv[1:])}`\n\n"
     )
