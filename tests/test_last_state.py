@@ -69,3 +69,21 @@ def test_bench_checkpoints_times_every_way_of_saving_the_state():
     table = checkpoint_pauses("student_cnn", repeats=1)
     for line in ("JAX state:", "one msgpack file (before orbax)", "orbax last/ (async)", "last.pth (torch.save)"):
         assert line in table, table
+
+
+def test_a_save_in_flight_keeps_the_values_of_arrays_donated_after_it(tmp_path):
+    """The train step donates the state while orbax is still writing it in the background."""
+    import jax
+    import jax.numpy as jnp
+
+    w = jnp.arange(4 * 1024 * 1024, dtype=jnp.float32)  # 16 MB: the write takes a moment
+    expected = np.asarray(w).copy()
+    state = SimpleNamespace(step=np.int32(1), params={"w": w}, batch_stats={}, opt_state=(), rng=np.zeros(2, np.uint32))
+    last = LastStates(tmp_path / "last")
+    last.save(state, {"model": "m"})
+    update = jax.jit(lambda w: w * 2.0 + 1.0, donate_argnums=0)
+    for _ in range(3):
+        w = update(w)
+    w.block_until_ready()
+    last.close()
+    np.testing.assert_array_equal(last.read()[1]["params"]["w"], expected)
