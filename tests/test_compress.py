@@ -122,7 +122,7 @@ def test_int8_model_stays_within_two_points_of_the_float_model(tiny_data, tmp_pa
         )
     )
     model, variables, _ = load_variables(run)
-    images, labels, _ = load_images(run, "train", 32)  # 57 images; the 15 test images alone are too few
+    images, labels, _ = load_images(run, "train")  # 57 images; the 15 test images alone are too few
     x = normalize(images)
     qvars = quantize.quantize(variables, quantize.calibrate(model, variables, [x[:32]]))
     assert qvars["params"]["features_0"]["kernel"].dtype == np.int8

@@ -9,7 +9,6 @@ multiply-adds, file size on disk, test accuracy and macro-F1, and CPU latency pe
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import numpy as np
 from flax import serialization
 
 from jaxvgg.core.metrics import classification_report
-from jaxvgg.data import Loader, Pipeline, load_split, scan_image_folder
+from jaxvgg.data import load_split, scan_image_folder
 from jaxvgg.data.normalize import normalize
 
 
@@ -47,18 +46,18 @@ class Measurement:
     ms_batch32: float  # per image
 
 
-def load_images(run_dir: str | Path, subset: str, image_size: int, limit: int | None = None):
-    """(uint8 NHWC images, int labels) of one subset of a run's split, preprocessed as for evaluation."""
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    from jaxvgg.core.config import TrainConfig
+def load_images(run_dir: str | Path, subset: str, limit: int | None = None):
+    """(uint8 NHWC images, int labels, class names) of one subset of a run's split (its first
+    ``limit`` images), preprocessed as for evaluation."""
+    from jaxvgg.core.config import load_run_config
     from jaxvgg.core.run import data_root
+    from jaxvgg.tools.quantize import load_images as load_samples
 
-    root = data_root(TrainConfig.from_json(cfg))
+    cfg = load_run_config(run_dir)
+    root = data_root(cfg)
     split = load_split(Path(run_dir) / "split.json", scan_image_folder(root))
-    samples = split.samples(subset)[:limit]
-    loader = Loader(root, samples, Pipeline(image_size), batch_size=len(samples), train=False)
-    batch = next(iter(loader.epoch(0)))
-    return batch.image, batch.label, split.classes
+    images, labels = load_samples(root, split.samples(subset)[:limit], cfg)
+    return images, labels, split.classes
 
 
 def latency_ms(fn: Callable[[np.ndarray], Any], images: np.ndarray, batch: int, repeats: int = 5) -> float:

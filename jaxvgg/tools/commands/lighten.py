@@ -151,8 +151,8 @@ def main() -> None:
     from jaxvgg.tools.lighten import format_table, jax_row, load_images, plot
 
     base_run = str(out / f"{frameworks[0]}-{args.base}")
-    test = load_images(base_run, "test", args.image_size)
-    calibration, _, _ = load_images(base_run, "train", args.image_size, limit=64)
+    test = load_images(base_run, "test")
+    calibration, _, _ = load_images(base_run, "train", limit=64)
     rows = []
     for fw in frameworks:
         measure = jax_row
