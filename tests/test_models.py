@@ -85,3 +85,29 @@ def test_jaxvgg_imports_and_runs_without_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert "(1, 3)" in out and "needs PyTorch" in out
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_batchnorm_folded_into_the_convolutions_gives_the_same_logits(separable):
+    """Eval-mode BatchNorm folded into the convolution before it (jaxvgg.models.fold): the same
+    logits from the model without BatchNorm, on running statistics that are not the initial ones.
+    A two-conv VGG of the zoo's layers, dense or depthwise-separable, so the test compiles in seconds."""
+    from jaxvgg.core.specs import ModelSpec
+    from jaxvgg.models import init_variables
+    from jaxvgg.models.fold import can_fold, fold_batchnorm
+    from jaxvgg.models.vgg import VGG
+
+    model = VGG(ModelSpec("vgg", cfg="student", batch_norm=True, separable=separable, head="gap"), num_classes=4)
+    variables = init_variables(model, 16)
+    keys = iter(jax.random.split(jax.random.key(1), 1000))
+    stats = jax.tree.map(lambda v: v + jax.random.uniform(next(keys), v.shape), variables["batch_stats"])
+    params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(next(keys), v.shape), variables["params"])
+    variables = {"params": params, "batch_stats": stats}
+    folded, folded_variables = fold_batchnorm(model, variables)
+    assert can_fold(model) and not can_fold(folded) and "batch_stats" not in folded_variables
+    assert len(jax.tree.leaves(folded_variables)) < len(jax.tree.leaves(params))
+    x = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
+    want, got = model.apply(variables, x), folded.apply(folded_variables, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        fold_batchnorm(folded, folded_variables)

@@ -19,7 +19,7 @@ from jaxvgg.core.images import load_batch
 from jaxvgg.core.weights import weights_file
 from jaxvgg.data import load_split, scan_image_folder
 from jaxvgg.tools.predict import predictor
-from jaxvgg.tools.quantize import load_images, quantize_run
+from jaxvgg.tools.quantize import calibration_samples, load_images, quantize_run
 
 SIZE = 32
 CLASSES = ["blue", "green", "red"]
@@ -174,3 +174,15 @@ def check_bad_input(run, out, tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match=r"its data folder .*gone no longer exists"):
         quantize_run(moved, tmp_path / "z", 8)
     assert not any((tmp_path / name).exists() for name in "xyz")
+
+
+def test_calibration_images_are_drawn_across_the_classes_with_the_runs_seed():
+    """quantize.py and lighten.py's int8 row calibrate on the same draw: a split lists its samples
+    in class order, so its first 64 of 1,000/1,000/152 would all be the first class."""
+    train = [(f"{c}/{i}.png", k) for k, (c, n) in enumerate([("a", 1000), ("b", 1000), ("c", 152)]) for i in range(n)]
+    pick = calibration_samples(train, 64, seed=0)
+    assert len(pick) == len(set(pick)) == 64 and set(pick) <= set(train)
+    counts = np.bincount([label for _, label in pick], minlength=3)
+    assert counts.min() >= 1 and counts.max() < 48, counts
+    assert pick == calibration_samples(train, 64, seed=0) != calibration_samples(train, 64, seed=1)
+    assert pick == sorted(pick, key=train.index), "in the split's order"

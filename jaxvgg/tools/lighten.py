@@ -46,17 +46,21 @@ class Measurement:
     ms_batch32: float  # per image
 
 
-def load_images(run_dir: str | Path, subset: str, limit: int | None = None):
-    """(uint8 NHWC images, int labels, class names) of one subset of a run's split (its first
-    ``limit`` images), preprocessed as for evaluation."""
+def load_images(run_dir: str | Path, subset: str, calibration: int | None = None):
+    """(uint8 NHWC images, int labels, class names) of one subset of a run's split, preprocessed
+    as for evaluation; with ``calibration``, only that many, drawn as ``quantize.py`` draws them."""
     from jaxvgg.core.config import load_run_config
     from jaxvgg.core.run import data_root
+    from jaxvgg.tools.quantize import calibration_samples
     from jaxvgg.tools.quantize import load_images as load_samples
 
     cfg = load_run_config(run_dir)
     root = data_root(cfg)
     split = load_split(Path(run_dir) / "split.json", scan_image_folder(root))
-    images, labels = load_samples(root, split.samples(subset)[:limit], cfg)
+    samples = split.samples(subset)
+    if calibration is not None:
+        samples = calibration_samples(samples, calibration, cfg.seed)
+    images, labels = load_samples(root, samples, cfg)
     return images, labels, split.classes
 
 

@@ -52,6 +52,13 @@ def load_images(root: Path, samples: list[tuple[str, int]], cfg: TrainConfig) ->
     return np.concatenate(images), np.concatenate(labels)
 
 
+def calibration_samples(train: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` training samples drawn with the run's seed across the whole split: its first ``n``
+    would be one class (a split lists its samples in class order)."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
+    return [train[i] for i in pick]
+
+
 def _check_out_dir(run: Path, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir {out}: exists and is not a folder")
@@ -73,10 +80,7 @@ def quantize_run(run_dir: str | Path, out_dir: str | Path, calibration_images: i
     if not root.is_dir():
         raise UserError(f"{run}: its data folder {root} no longer exists (the split and calibration images are there)")
     split = load_split(run / "split.json", scan_image_folder(root))
-    train = split.samples("train")
-    # A seeded draw across the whole split: the first N samples would be one class (they are in class order).
-    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:calibration_images])
-    calibration, _ = load_images(root, [train[i] for i in pick], cfg)
+    calibration, _ = load_images(root, calibration_samples(split.samples("train"), calibration_images, cfg.seed), cfg)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:

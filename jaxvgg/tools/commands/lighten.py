@@ -29,6 +29,7 @@ from jaxvgg.core.machine import describe_cpu
 
 TRAINERS = {"jax": "train_jax.py", "torch": "train_torch.py"}
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch"}
+CALIBRATION_IMAGES = 64  # the int8 row's, drawn with the run's seed as quantize.py draws them
 VARIANTS = ("base", "slim", "gap", "dsconv", "pruned", "int8", "distilled")
 
 
@@ -152,7 +153,7 @@ def main() -> None:
 
     base_run = str(out / f"{frameworks[0]}-{args.base}")
     test = load_images(base_run, "test")
-    calibration, _, _ = load_images(base_run, "train", limit=64)
+    calibration, _, _ = load_images(base_run, "train", calibration=CALIBRATION_IMAGES)
     rows = []
     for fw in frameworks:
         measure = jax_row
@@ -169,7 +170,7 @@ def main() -> None:
         f"dsconv {args.dsconv_epochs}, from scratch (batch {args.batch_size}, Adam lr {args.lr or 'per model'}); "
         f"the slim and GAP heads on the base's features and the pruned base (L1 per layer) fine-tuned "
         f"{args.finetune_epochs} epoch(s) at the base's rate; int8: per-channel weights, activations calibrated "
-        f"on 64 training images.\n"
+        f"on {CALIBRATION_IMAGES} training images drawn across the classes.\n"
         f"Machine: {describe_cpu()}; training {train_s / 60:.1f} min, "
         f"total {total_s / 60:.1f} min.\nCommand: `python scripts/lighten.py {' '.join(sys.argv[1:])}`\n\n"
     )
