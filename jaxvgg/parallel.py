@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvgg.core.cli import silence_stdout
 from jaxvgg.core.errors import UserError
+from jaxvgg.ops.compiler import inference_options
 
 AXIS = "data"
 
@@ -98,7 +99,7 @@ class DataParallel:
         :func:`jaxvgg.train.steps.compile_steps`, which binds the loss."""
         rep, data = self.replicated, self.batch_sharding
         train = jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
-        evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
+        evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep, compiler_options=inference_options())
         return train, evaluate
 
     def barrier(self, name: str) -> None:

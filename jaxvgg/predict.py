@@ -13,6 +13,7 @@ from jaxvgg.core.calibration import CalibratedPredictor, load_calibration
 from jaxvgg.core.config import run_quantization
 from jaxvgg.data.normalize import normalize
 from jaxvgg.models.fold import can_fold, fold_batchnorm
+from jaxvgg.ops.compiler import inference_options
 from jaxvgg.train.checkpoint import load_int8, load_variables
 
 
@@ -32,7 +33,7 @@ def jax_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Cal
     """The best model of a JAX run as a function of uint8 images (calibrated probabilities, and
     which images are unsure, when the run has a ``calibration.json``), and its class names."""
     apply, variables, meta = inference_model(run_dir)
-    forward = jax.jit(lambda v, x: apply(v, normalize(x)).astype(np.float32))
+    forward = jax.jit(lambda v, x: apply(v, normalize(x)).astype(np.float32), compiler_options=inference_options())
 
     def logits(images: np.ndarray) -> np.ndarray:
         out = [np.asarray(forward(variables, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]

@@ -114,3 +114,44 @@ def test_a_forced_route_reaches_the_model_and_a_bad_one_is_a_flag_error():
     assert model_options(TrainConfig(model="vgg16_gap", conv_route="xla"))["conv_route"] == "xla"
     with pytest.raises(UserError, match="--conv-route 'fft'"):
         validate_values(TrainConfig(conv_route="fft"))
+
+
+def test_bf16_on_a_cpu_says_it_is_slower_there():
+    """XLA:CPU converts bfloat16 dots to float32 ones (docs/performance.md), so the run says so."""
+    from jaxvgg.train.loop import precision_note
+
+    assert "slower than fp32" in precision_note("bf16", "cpu")
+    assert precision_note("fp32", "cpu") is None
+    assert precision_note("bf16", "gpu") is None and precision_note("bf16", "tpu") is None
+
+
+def test_inference_steps_compile_without_ynnpack_fusions_on_a_cpu():
+    """The eval step that training, bench.py and predict.py run is compiled with YNNPACK's dot
+    fusions off on a CPU (faster inference there: docs/performance.md) and computes the same logits;
+    nothing is passed on other backends, nor by a jaxlib that does not know the option."""
+    from jaxvgg.ops.compiler import NO_YNN_FUSIONS, inference_options
+    from jaxvgg.train.loop import build_state
+    from jaxvgg.train.steps import compile_steps
+    from jaxvgg.train.steps import eval_step as plain_eval_step
+
+    assert inference_options("gpu") == inference_options("tpu") == {}
+    options = inference_options("cpu")
+    assert options in ({}, NO_YNN_FUSIONS)
+    if not options:
+        pytest.skip("this jaxlib's XLA:CPU has no such option")
+    from jaxvgg.core.config import TrainConfig
+
+    state = build_state(TrainConfig(model="student_cnn", image_size=32, lr=1e-4), 3, steps_per_epoch=1)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(4, 32, 32, 3)).astype(np.float32)),
+        "label": jnp.asarray(np.arange(4) % 3),
+        "weight": jnp.ones(4),
+    }
+    _, eval_step = compile_steps()
+    default = jax.jit(plain_eval_step)
+    assert "__ynn_fusion" in default.lower(state, batch).compile().as_text(), "the default compile fuses"
+    assert "__ynn_fusion" not in eval_step.lower(state, batch).compile().as_text()
+    want = jax.tree.map(np.asarray, default(state, batch))
+    got = jax.tree.map(np.asarray, eval_step(state, batch))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)

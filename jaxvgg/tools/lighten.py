@@ -22,6 +22,7 @@ from flax import serialization
 from jaxvgg.core.metrics import classification_report
 from jaxvgg.data import load_split, scan_image_folder
 from jaxvgg.data.normalize import normalize
+from jaxvgg.ops.compiler import inference_options
 
 
 @dataclasses.dataclass
@@ -103,7 +104,7 @@ def jax_row(
         apply = quantize.quantized_apply(model)
         file_path = out_dir / f"{Path(variant.run).name}-int8.msgpack"
         file_path.write_bytes(serialization.msgpack_serialize(weights))
-    forward = jax.jit(lambda v, x: apply(v, normalize(x), train=False))
+    forward = jax.jit(lambda v, x: apply(v, normalize(x), train=False), compiler_options=inference_options())
     weights = jax.device_put(weights)  # once: not a host-to-device copy of every weight per call
 
     def run(x: np.ndarray) -> np.ndarray:

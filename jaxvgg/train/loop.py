@@ -50,6 +50,19 @@ PREFETCH = 2  # batches put on the device ahead of the step
 Feed = tuple[Loader, Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]]
 
 
+# Measured (docs/performance.md, "Mixed precision"): jaxlib's XLA:CPU turns a bfloat16 dot into
+# converts around a float32 one, so bf16 cannot use AMX or AVX-512-BF16 and only adds the converts.
+CPU_BF16_NOTE = (
+    "--precision bf16 on a CPU: XLA:CPU computes bfloat16 matmuls and convolutions through float32 "
+    "(no AMX or AVX-512-BF16 kernels), so it trains slower than fp32 here; it is meant for GPUs"
+)
+
+
+def precision_note(precision: str, platform: str) -> str | None:
+    """What the run should be told about ``precision`` on ``platform`` (a JAX backend name), if anything."""
+    return CPU_BF16_NOTE if precision == "bf16" and platform == "cpu" else None
+
+
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
     """``image_size`` for models that need it; bfloat16 compute for ``--precision bf16``; a forced
     ``--conv-route`` (otherwise the model takes its backend's)."""
@@ -211,6 +224,7 @@ class JaxTrainer:
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             + f", convolutions by the {self.conv_route} route"
             + ("" if self.cache == "none" else f", images cached in {self.cache} memory")
+            + (f"\nnote: {note}" if (note := precision_note(self.cfg.precision, self.device)) else "")
         )
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:

@@ -507,6 +507,12 @@ def main() -> None:
     bases = {r[fw]["peak_basis"] for r in rows for fw in frameworks if "peak_basis" in r.get(fw, {})}
     for basis in sorted(bases):
         print(f"peak: {basis}")
+    if "jax" in frameworks:
+        from jaxvgg.train.loop import precision_note
+
+        notes = {precision_note(args.precision, r["jax"]["device"].lower()) for r in rows}
+        for note in sorted(n for n in notes if n):
+            print(f"note: {note}")
     if loader is not None:
         print(format_loader(loader, loader_size))
     result = {"rows": rows, "loader": loader, "cpu_count": os.cpu_count(), "cpu": describe_cpu()}

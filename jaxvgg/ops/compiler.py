@@ -1,0 +1,34 @@
+"""XLA compiler options per kind of step and backend, passed to ``jax.jit(compiler_options=...)``.
+
+On XLA:CPU, YNNPACK's fusions of dots make training faster and inference slower: with them off
+for the eval step only, inference gained 1.1-2.1x (vgg16, vgg16_gap, vgg16_dsconv at 64-112 px)
+while training kept them (0.5-0.8x without). Measurements: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# The XLA:CPU debug option and the value that turns YNNPACK's fusions off (an empty set of kinds).
+NO_YNN_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def inference_options(platform: str | None = None) -> dict[str, Any]:
+    """Compiler options for an inference (eval, predict) step on ``platform`` (default: JAX's
+    backend): YNNPACK's fusions off on a CPU whose jaxlib knows the option, nothing elsewhere."""
+    platform = platform or jax.default_backend()
+    return dict(NO_YNN_FUSIONS) if platform == "cpu" and _cpu_knows(tuple(NO_YNN_FUSIONS.items())) else {}
+
+
+@functools.cache
+def _cpu_knows(options: tuple[tuple[str, Any], ...]) -> bool:
+    """Whether this jaxlib's XLA:CPU takes ``options`` (an unknown option fails the compile)."""
+    try:
+        jax.jit(jnp.negative, compiler_options=dict(options)).lower(jnp.zeros(2)).compile()
+    except Exception:
+        return False
+    return True
