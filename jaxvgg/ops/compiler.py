@@ -2,7 +2,7 @@
 
 On XLA:CPU, YNNPACK's fusions of dots make training faster and inference slower: with them off
 for the eval step only, inference gained 1.1-2.1x (vgg16, vgg16_gap, vgg16_dsconv at 64-112 px)
-while training kept them (0.5-0.8x without). Measurements: docs/performance.md.
+while training needs them (0.53-0.84x without). Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
