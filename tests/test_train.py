@@ -248,6 +248,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_data, tmp_path):
     args = [
         "--data-dir",
         str(tiny_data),
+        "--model",
+        "student_cnn",  # the mechanics of Ctrl-C, on a model that compiles in seconds
         "--image-size",
         "32",
         "--batch-size",
