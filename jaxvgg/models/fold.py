@@ -9,6 +9,7 @@ BN VGGs keep their convolutions' biases), so it is built by the same ``make_laye
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax.numpy as jnp
@@ -32,21 +33,23 @@ def fold_batchnorm(model: VGG, variables: Variables) -> tuple[VGG, Variables]:
     folded = model.clone(spec=dataclasses.replace(spec, batch_norm=False))
     params, stats = variables["params"], variables["batch_stats"]
     with_bn = make_layers(spec.cfg, True, spec.separable, spec.init)
-    without = iter(i for i, layer in enumerate(make_layers(spec.cfg, False, spec.separable, spec.init)))
+    without = iter(range(len(make_layers(spec.cfg, False, spec.separable, spec.init))))
     new: dict[str, Any] = {}
     for i, layer in enumerate(with_bn):
         if isinstance(layer, BatchNorm2d):
             continue
         j = next(without)
         if isinstance(layer, (Conv2d, DSConv)):
-            bn = f"features_{i + 1}"
-            new[f"features_{j}"] = _fold(layer, params[f"features_{i}"], params[bn], stats[bn], with_bn[i + 1].eps)
+            conv, bn = params[f"features_{i}"], f"features_{i + 1}"
+            fold = functools.partial(_fold, bn=params[bn], stats=stats[bn], eps=with_bn[i + 1].eps)
+            if isinstance(layer, DSConv):  # its BatchNorm follows its pointwise convolution
+                new[f"features_{j}"] = {**conv, "pointwise": fold(conv["pointwise"])}
+            else:
+                new[f"features_{j}"] = fold(conv)
     new.update({k: v for k, v in params.items() if not k.startswith("features_")})
     return folded, {"params": new}
 
 
-def _fold(layer: Any, conv: Variables, bn: Variables, stats: Variables, eps: float) -> Variables:
+def _fold(conv: Variables, bn: Variables, stats: Variables, eps: float) -> Variables:
     scale = bn["scale"] * jnp.reciprocal(jnp.sqrt(stats["var"] + eps))
-    if isinstance(layer, DSConv):  # the BatchNorm follows the pointwise convolution
-        return {**conv, "pointwise": _fold(Conv2d(layer.out_channels, 1), conv["pointwise"], bn, stats, eps)}
     return {"kernel": conv["kernel"] * scale, "bias": (conv["bias"] - stats["mean"]) * scale + bn["bias"]}
