@@ -510,7 +510,9 @@ def main() -> None:
     if "jax" in frameworks:
         from jaxvgg.train.loop import precision_note
 
-        notes = {precision_note(args.precision, r["jax"]["device"].lower()) for r in rows}
+        # a JAX child that failed has an error and no device: nothing to note for it
+        platforms = {r["jax"]["device"].lower() for r in rows if "device" in r.get("jax", {})}
+        notes = {precision_note(args.precision, platform) for platform in platforms}
         for note in sorted(n for n in notes if n):
             print(f"note: {note}")
     if loader is not None:
