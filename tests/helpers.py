@@ -23,6 +23,38 @@ def run_script(name: str, *args: str, check: bool = True, env: dict | None = Non
     return proc
 
 
+def run_command(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the command behind ``scripts/<name>`` in this process: the same ``main`` (its argument
+    parsing, its one-line errors and exit status), without a second start of Python, JAX and torch.
+
+    For what needs no process of its own: refusals and reports, not environment variables, signals
+    or several processes (those use :func:`run_script`). The compilation cache stays off, as it is
+    for the rest of the suite's in-process code."""
+    import contextlib
+    import importlib
+    import io
+    from unittest import mock
+
+    main = importlib.import_module("jaxvgg.tools.commands." + name.removesuffix(".py")).main
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(ROOT / "scripts" / name), *args]
+    with (
+        mock.patch.object(sys, "argv", argv),
+        mock.patch.dict(os.environ, {"JAXVGG_COMPILE_CACHE": "0"}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    proc = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{name} {' '.join(args)} failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The script failed with exit status 2 and a single ``error:`` line, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

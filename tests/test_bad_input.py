@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command, run_script
 from PIL import Image
 
 from jaxvgg.core import synthetic as synthetic_module
@@ -158,13 +158,13 @@ def test_predict_skips_unreadable_images_and_goes_on(tiny_run, tmp_path):
 
 def test_predict_with_nothing_readable_is_an_error(tiny_run, tmp_path):
     bomb = bomb_png(tmp_path / "bomb.png", 20000, 20000)
-    msg = one_line_error(run_script("predict.py", str(bomb), "--run", str(tiny_run), check=False))
+    msg = one_line_error(run_command("predict.py", str(bomb), "--run", str(tiny_run), check=False))
     assert msg.startswith(f"error: {bomb}: too large to decode safely")
     folder = tmp_path / "leaves"
     folder.mkdir()
     (folder / "a.jpg").write_text("not an image")
     (folder / "b.png").write_bytes(b"")
-    proc = run_script("predict.py", str(folder), "--run", str(tiny_run), check=False)
+    proc = run_command("predict.py", str(folder), "--run", str(tiny_run), check=False)
     msg = one_line_error(proc)
     assert msg == f"error: {folder}: none of its 2 image file(s) could be read (see the skipped lines)"
     assert sum(line.startswith(f"skipped {folder}") for line in proc.stderr.splitlines()) == 2
@@ -199,11 +199,11 @@ def test_predict_script_names_a_damaged_config_json(tmp_path):
     run = tmp_path / "run"
     (run / "config.json").mkdir(parents=True)  # a folder where the file should be
     assert "not a run folder (no config.json)" in one_line_error(
-        run_script("predict.py", str(image), "--run", str(run), check=False)
+        run_command("predict.py", str(image), "--run", str(run), check=False)
     )
     (run / "config.json").rmdir()
     (run / "config.json").write_text('["not", "settings"]')
-    msg = one_line_error(run_script("predict.py", str(image), "--run", str(run), check=False))
+    msg = one_line_error(run_command("predict.py", str(image), "--run", str(run), check=False))
     assert msg.startswith(f"error: {run / 'config.json'}: ")
 
 
@@ -212,21 +212,21 @@ def test_make_dataset_never_deletes_a_folder_it_did_not_write(tmp_path):
     (out / "Potato___healthy").mkdir(parents=True)
     (out / "Potato___healthy" / "notes.txt").write_text("my field notes")
     small = ["--counts", "1", "1", "1", "--size", "32"]
-    msg = one_line_error(run_script("make_dataset.py", "--out", str(out), *small, check=False))
+    msg = one_line_error(run_command("make_dataset.py", "--out", str(out), *small, check=False))
     assert msg == f"error: {out}: not empty and not a dataset written by make_dataset.py; use --force to replace it"
     assert (out / "Potato___healthy" / "notes.txt").read_text() == "my field notes"
 
-    run_script("make_dataset.py", "--out", str(out), *small, "--force")
+    run_command("make_dataset.py", "--out", str(out), *small, "--force")
     assert not (out / "Potato___healthy").exists()
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["generator"] == synthetic_module.GENERATOR and manifest["counts"] == [1, 1, 1]
     # Its own dataset is replaced without --force ...
-    run_script("make_dataset.py", "--out", str(out), *small, "--seed", "5")
+    run_command("make_dataset.py", "--out", str(out), *small, "--seed", "5")
     assert json.loads((out / "dataset.json").read_text())["seed"] == 5
     # ... unless the user has put something of theirs in it since.
     (out / "healthy" / "my_photo.jpg").write_bytes((out / "healthy" / "healthy_00000.jpg").read_bytes())
     assert "not a dataset written by make_dataset.py" in one_line_error(
-        run_script("make_dataset.py", "--out", str(out), *small, check=False)
+        run_command("make_dataset.py", "--out", str(out), *small, check=False)
     )
     assert (out / "healthy" / "my_photo.jpg").exists()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_script
+from helpers import run_command
 from PIL import Image
 
 from jaxvgg.core import calibration as cal
@@ -228,11 +228,11 @@ def test_predict_says_unsure_for_a_flat_colour_image(jax_run, tmp_path):
     flat = tmp_path / "flat.png"
     Image.new("RGB", (64, 64), FLAT).save(flat)
     csv_out, json_out, shown = tmp_path / "p.csv", tmp_path / "p.json", tmp_path / "shown.png"
-    single = run_script("predict.py", str(flat), "--run", str(jax_run)).stdout
+    single = run_command("predict.py", str(flat), "--run", str(jax_run)).stdout
     assert single.splitlines()[0].startswith(f"{flat}: unsure (unlike the training images); the model's guess: ")
     args = ("--run", str(jax_run), "--csv", str(csv_out), "--json", str(json_out), "--show", str(shown))
     leaf = split_root(jax_run) / load_split(jax_run / "split.json").subsets["test"][0]
-    table = run_script("predict.py", str(flat), str(leaf), *args).stdout
+    table = run_command("predict.py", str(flat), str(leaf), *args).stdout
     assert table.splitlines()[2].startswith(str(flat)) and table.splitlines()[2].endswith("unsure"), table
     records = json.loads(json_out.read_text())
     assert records[0]["unsure"] is True and isinstance(records[1]["unsure"], bool)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command, run_script
 
 from jaxvgg.core.config import GROUPS, PRESETS, TrainConfig, add_arguments, config_from_args, load_run_config
 from jaxvgg.core.errors import UserError
@@ -176,7 +176,7 @@ def test_the_script_trains_what_the_config_file_says(tiny_data, tmp_path):
     assert load_run_config(tmp_path / "run") == parse(*argv)
     (tmp_path / "bad.yaml").write_text("lr: -1\n")
     assert "bad.yaml: --lr must be positive" in one_line_error(
-        run_script("train_torch.py", "--config", str(tmp_path / "bad.yaml"), check=False)
+        run_command("train_torch.py", "--config", str(tmp_path / "bad.yaml"), check=False)
     )
 
 

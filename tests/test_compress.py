@@ -236,6 +236,8 @@ def test_lighten_end_to_end_on_a_tiny_dataset(tiny_data, tmp_path):
         "32",
         "--epochs",
         "1",
+        "--distill-epochs",
+        "1",
         "--batch-size",
         "16",
         "--repeats",

@@ -3,7 +3,7 @@ picture is made of is checked (one block per stage, per pool, per layer of the h
 shape against the Flax model's own layer-by-layer summary), not the pixels."""
 
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command
 
 from jaxvgg.core.diagram import draw_model, model_blocks
 from jaxvgg.core.freeze import under
@@ -42,8 +42,8 @@ def test_each_blocks_output_shape_is_the_models(name):
 
 def test_the_command_draws_svg_and_refuses_other_files(tmp_path):
     out = tmp_path / "pictures" / "vgg16.svg"
-    done = run_script("summary.py", "--model", "vgg16", "--image-size", "64", "--diagram", str(out))
+    done = run_command("summary.py", "--model", "vgg16", "--image-size", "64", "--diagram", str(out))
     assert out.read_text().lstrip().startswith("<?xml") and "block5" in out.read_text()
     assert "diagram:" in done.stdout and "5 convolution stages" in done.stdout
-    refused = run_script("summary.py", "--model", "vgg16", "--diagram", str(tmp_path / "vgg16.jpg"), check=False)
+    refused = run_command("summary.py", "--model", "vgg16", "--diagram", str(tmp_path / "vgg16.jpg"), check=False)
     assert "--diagram" in one_line_error(refused)

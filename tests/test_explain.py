@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import one_line_error, random_flax_variables, run_script
+from helpers import one_line_error, random_flax_variables, run_command
 from PIL import Image
 
 import jaxvgg
@@ -219,13 +219,13 @@ def test_predict_explain_writes_the_picture_and_refuses_an_unknown_class(patch_m
     for framework, extra in (("jax", ()), ("torch", ("--class", "patch", "--device", "cpu"))):
         run = write_run(tmp_path, framework, variables)
         picture = tmp_path / f"{framework}.png"
-        printed = run_script("predict.py", str(folder), "--run", str(run), "--explain", str(picture), *extra).stdout
+        printed = run_command("predict.py", str(folder), "--run", str(run), "--explain", str(picture), *extra).stdout
         assert f"wrote {picture}" in printed and len(printed.splitlines()) == 2 + 6 + 1
         with Image.open(picture) as drawn:  # six images: four columns, two image-and-bars rows
             assert drawn.format == "PNG" and drawn.size[0] > 1000 and drawn.size[1] > 700
     flags = ("--run", str(run), "--explain", str(picture), "--class", "blight")
-    bad = run_script("predict.py", str(folder), *flags, check=False)
+    bad = run_command("predict.py", str(folder), *flags, check=False)
     assert "--class 'blight': not a class of" in one_line_error(bad) and "its classes: noise, patch" in bad.stderr
     assert not bad.stdout  # stopped before the table
-    alone = run_script("predict.py", str(folder), "--run", str(run), "--class", "patch", check=False)
+    alone = run_command("predict.py", str(folder), "--run", str(run), "--class", "patch", check=False)
     assert "give --explain FILE.png too" in one_line_error(alone)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import serialization
-from helpers import one_line_error, random_flax_variables, randomize_batchnorm, run_script
+from helpers import one_line_error, random_flax_variables, randomize_batchnorm, run_command
 
 import jaxvgg
 from jaxvgg.core.config import TrainConfig
@@ -129,12 +129,12 @@ def test_onnx_runs_in_onnxruntime_with_the_runs_logits(tmp_path):
 def test_the_export_command_line(tmp_path):
     run, forward = jax_run(tmp_path, "student_cnn")
     out = tmp_path / "student.pth"
-    done = run_script("export.py", "--run", str(run), "--format", "pth", "--out", str(out))
+    done = run_command("export.py", "--run", str(run), "--format", "pth", "--out", str(out))
     assert "torchref.create_model('student_cnn', 3, image_size=32)" in done.stdout, done.stdout
     model = torchref.create_model("student_cnn", 3, image_size=SIZE)
     model.load_state_dict(torch.load(out, weights_only=True), strict=True)
     x = images()
     assert relative(torch_logits(model, x), forward(x)) <= 1e-4
     own = str(run / "best.msgpack")
-    refused = run_script("export.py", "--run", str(run), "--format", "pth", "--out", own, check=False)
+    refused = run_command("export.py", "--run", str(run), "--format", "pth", "--out", own, check=False)
     assert "one of the run's own files" in one_line_error(refused)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command, run_script
 from PIL import Image
 
 from jaxvgg.core.config import TrainConfig
@@ -157,7 +157,7 @@ def check_evaluate_and_predict(run, out, colours, tmp_path, monkeypatch, capsys)
 def check_bad_input(run, out, tmp_path, monkeypatch, capsys):
     tmp_path.mkdir()
     # Once through the script, as a user runs it: one line, no traceback.
-    error = one_line_error(run_script("quantize.py", "--run", str(out), "--out-dir", str(tmp_path / "x"), check=False))
+    error = one_line_error(run_command("quantize.py", "--run", str(out), "--out-dir", str(tmp_path / "x"), check=False))
     assert error == f"error: {out}: an int8 run (quantized from {run}); quantizing needs the float run: use {run}"
     code, _, err = jaxvgg_command(monkeypatch, capsys, "quantize", "--run", tmp_path, "--out-dir", tmp_path / "x")
     assert code == 2 and err == f"error: {tmp_path}: not a run folder (no config.json)\n"

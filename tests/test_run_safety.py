@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command
 
 from jaxvgg.core.atomic import atomic_write, write_json
 from jaxvgg.core.config import TrainConfig, config_from_args, load_run_config, resume_config
@@ -108,7 +108,7 @@ def test_a_pickled_payload_in_a_pth_never_runs(tiny_data, tmp_path, entry):
     for name in ("best.pth", "last.pth"):
         hostile_pth(run / name, marker)
     args = ENTRY_POINTS[entry](tiny_data, str(run), str(run / "best.pth"), str(tmp_path / "new"))
-    msg = one_line_error(run_script(*args, check=False))
+    msg = one_line_error(run_command(*args, check=False))
     assert not marker.exists(), f"{entry}: the payload ran"
     assert "weights_only" not in msg
     if "compare" not in entry:  # compare reads the run's JSON files only, and refuses the incomplete folder
@@ -157,9 +157,9 @@ def test_a_checkpoint_whose_meta_lies_is_refused_before_anything_is_built(
 def test_damaged_checkpoints_and_configs_are_one_line_in_the_scripts(tiny_data, tmp_path):
     run = run_folder(tiny_data, tmp_path / "run")
     (run / "best.pth").write_bytes(student_weights(tmp_path / "ok.pth").read_bytes()[:200])  # truncated
-    msg = one_line_error(run_script("predict.py", first_image(tiny_data), "--run", str(run), check=False))
+    msg = one_line_error(run_command("predict.py", first_image(tiny_data), "--run", str(run), check=False))
     assert "best.pth: damaged or not a PyTorch file" in msg
-    assert "best.pth: damaged" in one_line_error(run_script("evaluate.py", "--run", str(run), check=False))
+    assert "best.pth: damaged" in one_line_error(run_command("evaluate.py", "--run", str(run), check=False))
     config = json.loads((run / "config.json").read_text())
     for key, value, expected in (
         ("batch_size", 0, "--batch-size must be at least 1"),
@@ -167,17 +167,17 @@ def test_damaged_checkpoints_and_configs_are_one_line_in_the_scripts(tiny_data, 
         ("lr", [1e-3], "lr must be float"),
     ):
         (run / "config.json").write_text(json.dumps({**config, key: value}))
-        msg = one_line_error(run_script("evaluate.py", "--run", str(run), check=False))
+        msg = one_line_error(run_command("evaluate.py", "--run", str(run), check=False))
         assert "config.json" in msg and expected in msg, msg
 
 
 def test_compare_names_what_a_torch_run_folder_lacks(tiny_data, tmp_path):
     run = run_folder(tiny_data, tmp_path / "run")
     out = str(tmp_path / "cmp")
-    msg = one_line_error(run_script("compare.py", "--skip", "jax", "--torch-run", str(run), "--out", out, check=False))
+    msg = one_line_error(run_command("compare.py", "--skip", "jax", "--torch-run", str(run), "--out", out, check=False))
     assert "history.json: missing" in msg
     msg = one_line_error(
-        run_script("compare.py", "--skip", "jax", "--torch-run", str(tmp_path), "--out", out, check=False)
+        run_command("compare.py", "--skip", "jax", "--torch-run", str(tmp_path), "--out", out, check=False)
     )
     assert "not a run folder" in msg
 
@@ -226,7 +226,7 @@ def test_a_refused_resume_changes_nothing(tiny_data, tmp_path):
         (jax_run, "train_jax.py", "no last to continue from"),
     ):
         before = {p.name: p.read_bytes() for p in run.iterdir()}
-        msg = one_line_error(run_script(script, "--resume", str(run), check=False))
+        msg = one_line_error(run_command(script, "--resume", str(run), check=False))
         assert expected in msg, msg
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before, f"{script} changed {run}"
 

@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command, run_script
 
 torch = pytest.importorskip("torch")
 
@@ -76,15 +76,15 @@ def test_compare_same_split_both_frameworks_then_predict_and_evaluate_each(tiny_
             assert (out / side / name).exists(), (side, name)
         shown = tmp_path / f"{side}-shown.png"
         args = ("--run", str(out / side), "--show", str(shown), "--device", "cpu")
-        table = run_script("predict.py", str(tiny_data / "healthy"), *args).stdout
+        table = run_command("predict.py", str(tiny_data / "healthy"), *args).stdout
         assert len(table.splitlines()) == 27 and f"wrote {shown}" in table
         from PIL import Image
 
         with Image.open(shown) as picture:  # 16 of the 24 images: four columns, four image-and-bars rows
             assert picture.size[0] > 1000 and picture.size[1] > 1500
-        evaluated = run_script("evaluate.py", "--run", str(out / side)).stdout
+        evaluated = run_command("evaluate.py", "--run", str(out / side)).stdout
         assert f"accuracy {json.loads((out / side / 'metrics.json').read_text())['accuracy']:.2%}" in evaluated
-    msg = one_line_error(run_script("compare.py", "--out", str(out), "--out-dir", "x", check=False))
+    msg = one_line_error(run_command("compare.py", "--out", str(out), "--out-dir", "x", check=False))
     assert "sets --out-dir and --split-file itself" in msg
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 from flax import serialization
-from helpers import one_line_error, run_script
+from helpers import one_line_error, run_command, run_script
 from PIL import Image
 
 from jaxvgg.core.config import TrainConfig
@@ -187,7 +187,7 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
     assert f"accuracy {accuracy:.2%}" in evaluated
 
     # Bad input: one line, exit status 2, and nothing lost.
-    msg = one_line_error(run_script("train_jax.py", "--resume", str(run), "--model", "vgg16_gap", check=False))
+    msg = one_line_error(run_command("train_jax.py", "--resume", str(run), "--model", "vgg16_gap", check=False))
     assert "--model vgg16_gap (the run has student_cnn)" in msg
     assert (run / "best.msgpack").exists()
 
@@ -210,12 +210,12 @@ def test_scripts_train_predict_evaluate(tiny_data, tmp_path):
 )
 def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, args, expected):
     assert expected in one_line_error(
-        run_script("train_jax.py", *tiny_flags(tiny_data, tmp_path / "r"), *args, check=False)
+        run_command("train_jax.py", *tiny_flags(tiny_data, tmp_path / "r"), *args, check=False)
     )
 
 
 def test_distill_script_needs_a_teacher(tiny_data):
-    assert "--teacher RUN_DIR is required" in one_line_error(run_script("distill.py", check=False))
+    assert "--teacher RUN_DIR is required" in one_line_error(run_command("distill.py", check=False))
 
 
 def test_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):

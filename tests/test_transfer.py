@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from helpers import one_line_error, randomize_batchnorm, run_script  # noqa: E402
+from helpers import one_line_error, randomize_batchnorm, run_command, run_script  # noqa: E402
 
 import jaxvgg  # noqa: E402
 import torchref  # noqa: E402
@@ -165,7 +165,7 @@ def test_transfer_runs_from_the_command_line(tiny_data, imagenet_resnet50, tmp_p
     assert json.loads((torch_run / "metrics.json").read_text())["framework"] == "torch"
 
     # A file that does not fit is one clear line naming what is wrong.
-    bad = run_script(
+    bad = run_command(
         "train_jax.py",
         *common,
         "--model",
