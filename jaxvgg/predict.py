@@ -33,7 +33,8 @@ def jax_predictor(run_dir: str | os.PathLike, batch_size: int = 32) -> tuple[Cal
     """The best model of a JAX run as a function of uint8 images (calibrated probabilities, and
     which images are unsure, when the run has a ``calibration.json``), and its class names."""
     apply, variables, meta = inference_model(run_dir)
-    forward = jax.jit(lambda v, x: apply(v, normalize(x)).astype(np.float32), compiler_options=inference_options())
+    options = inference_options(int8=run_quantization(run_dir) == "int8")
+    forward = jax.jit(lambda v, x: apply(v, normalize(x)).astype(np.float32), compiler_options=options)
 
     def logits(images: np.ndarray) -> np.ndarray:
         out = [np.asarray(forward(variables, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]

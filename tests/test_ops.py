@@ -155,3 +155,27 @@ def test_inference_steps_compile_without_ynnpack_fusions_on_a_cpu():
     want = jax.tree.map(np.asarray, default(state, batch))
     got = jax.tree.map(np.asarray, eval_step(state, batch))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_an_int8_forward_keeps_ynnpack_fusions():
+    """Integer convolutions need YNNPACK's fusions: an int8 vgg16_bn forward ran 11x slower without
+    them (docs/performance.md), so predict.py and lighten.py compile an int8 model with the defaults."""
+    from jaxvgg.compress import quantize
+    from jaxvgg.models import create_model
+    from jaxvgg.ops.compiler import inference_options
+
+    assert inference_options("cpu", int8=True) == {}
+    if not inference_options("cpu"):
+        pytest.skip("this jaxlib's XLA:CPU has no such option")
+    model = create_model("student_cnn", 3)
+    x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    weights = quantize.quantize(variables, quantize.calibrate(model, variables, [x]))
+    apply = quantize.quantized_apply(model)
+
+    def hlo(options):
+        forward = jax.jit(lambda v, x: apply(v, x, train=False), compiler_options=options)
+        return forward.lower(weights, x).compile().as_text()
+
+    assert "__ynn_fusion" in hlo(inference_options("cpu", int8=True))
+    assert "__ynn_fusion" not in hlo(inference_options("cpu")), "the float route turns them off"

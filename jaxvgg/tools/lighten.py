@@ -104,7 +104,8 @@ def jax_row(
         apply = quantize.quantized_apply(model)
         file_path = out_dir / f"{Path(variant.run).name}-int8.msgpack"
         file_path.write_bytes(serialization.msgpack_serialize(weights))
-    forward = jax.jit(lambda v, x: apply(v, normalize(x), train=False), compiler_options=inference_options())
+    options = inference_options(int8=variant.kind == "int8")
+    forward = jax.jit(lambda v, x: apply(v, normalize(x), train=False), compiler_options=options)
     weights = jax.device_put(weights)  # once: not a host-to-device copy of every weight per call
 
     def run(x: np.ndarray) -> np.ndarray:
