@@ -282,6 +282,23 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tiny_data
     assert not out.exists(), "the folder created for the run must go when the run fails before any checkpoint"
 
 
+@pytest.mark.parametrize(
+    ("fit", "last"),
+    [(lambda cfg: jax_loop.fit(cfg, read_weights), "last"), (lambda cfg: torch_loop.fit(cfg, "cpu"), "last.pth")],
+    ids=["jax", "torch"],
+)
+def test_keep_last_0_saves_no_resumable_state_and_a_negative_count_is_refused(tiny_data, tmp_path, fit, last):
+    """lighten.py's runs are never resumed: --keep-last 0 spares them writing a VGG-16's weights and
+    Adam moments (1.6 GB) every epoch. The best model and the report are written as always."""
+    out = tmp_path / "run"
+    fit(settings(tiny_data, out, epochs=2, keep_last=0))
+    assert not (out / last).exists()
+    assert (out / "metrics.json").exists() and len(json.loads((out / "history.json").read_text())) == 2
+    assert any((out / name).exists() for name in ("best.msgpack", "best.pth"))
+    refused = run_command("train_jax.py", "--keep-last", "-1", "--out-dir", str(tmp_path / "other"), check=False)
+    assert "--keep-last -1: must be 0 or more" in one_line_error(refused)
+
+
 def test_atomic_writes_leave_the_old_file_and_no_temporary_on_a_full_disk(tmp_path, monkeypatch):
     target = tmp_path / "history.json"
     write_json(target, [1])

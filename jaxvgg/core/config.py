@@ -159,7 +159,9 @@ class TrainConfig:
     keep_last: int = setting(
         1,
         "run",
-        "JAX: resumable states kept in last/ (each commits before the one before it goes); PyTorch keeps one last.pth",
+        "JAX: resumable states kept in last/ (each commits before the one before it goes); PyTorch keeps one last.pth; "
+        "0: none saved at the end of an epoch (no time or disk spent on them: the finished run cannot be resumed, "
+        "an interrupted one still saves its state)",
         metavar="N",
     )
     tensorboard: bool = setting(
@@ -588,6 +590,8 @@ def validate_values(cfg: TrainConfig) -> None:
         raise UserError("--patience must be at least 1")
     if not (0 < cfg.test_fraction < 1 and 0 <= cfg.val_fraction < 1):
         raise UserError("--test-fraction must be in (0, 1) and --val-fraction in [0, 1)")
+    if cfg.keep_last < 0:
+        raise UserError(f"--keep-last {cfg.keep_last}: must be 0 or more")
     if cfg.workers is not None and cfg.workers < 0:
         raise UserError(f"--workers {cfg.workers}: must be 0 or more")
     if not 0.0 <= cfg.prune_amount < 1.0:

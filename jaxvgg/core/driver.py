@@ -247,7 +247,8 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
                 position.bad_epochs += 1
             end_epoch(ctx, epoch, lr, trainer.global_sums(position.sums), ev, t0, train_s, improved)
             position.epoch, position.batch, position.sums = epoch + 1, 0, EpochSums()
-            trainer.save_last(position.progress())
+            if cfg.keep_last:
+                trainer.save_last(position.progress())
         if reason := early_stop_reason(ctx, position.bad_epochs):
             stopped = reason
             break

@@ -443,7 +443,10 @@ def deferred_interrupt(ctx: RunContext, checkpoint_name: str) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
     if pending:
-        announce_stop(ctx, checkpoint_name, interrupted=True)
+        if ctx.cfg.keep_last == 0:  # the epoch's end saved no resumable state
+            print(f"\ninterrupted after an epoch; --keep-last 0 saved no state to resume; best model in {ctx.out_dir}")
+        else:
+            announce_stop(ctx, checkpoint_name, interrupted=True)
         raise KeyboardInterrupt
 
 

@@ -174,7 +174,7 @@ class JaxTrainer:
         state = build_state(cfg, len(ctx.classes), self.batches_per_epoch, not cfg.resume, read_weights, lr_of_step)
         self.state = par.replicate(state)
         self.steps = 0
-        self.last = LastStates(ctx.checkpoint("last"), cfg.keep_last)
+        self.last = LastStates(ctx.checkpoint("last"), max(cfg.keep_last, 1))  # 0: only an interrupted run saves
         weights = class_weights(ctx)  # says so when --teacher leaves them out
         self.aux = None
         loss_fn = steps.cross_entropy_loss(weights)
