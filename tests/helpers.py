@@ -16,11 +16,7 @@ def run_script(name: str, *args: str, check: bool = True, env: dict | None = Non
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True, env=full_env, timeout=600
     )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
+    return checked(proc, check)
 
 
 def run_command(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,9 +45,14 @@ def run_command(name: str, *args: str, check: bool = True) -> subprocess.Complet
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    proc = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"{name} {' '.join(args)} failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return checked(subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue()), check)
+
+
+def checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """``proc``; with ``check``, an error showing the end of its output if it failed."""
+    if check and proc.returncode != 0:
+        cmd = " ".join(map(str, proc.args[1:]))
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
