@@ -51,7 +51,7 @@ def run_command(name: str, *args: str, check: bool = True) -> subprocess.Complet
 def checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     """``proc``; with ``check``, an error showing the end of its output if it failed."""
     if check and proc.returncode != 0:
-        cmd = " ".join(map(str, proc.args[1:]))
+        cmd = " ".join(map(str, proc.args))
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
