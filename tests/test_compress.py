@@ -265,3 +265,77 @@ def test_lighten_end_to_end_on_a_tiny_dataset(tiny_data, tmp_path):
         assert by[("student_cnn distilled from student_cnn", fw)]["params"] == base["params"]
         assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in rows)
     assert (out / "lighten.png").stat().st_size > 0 and "| student_cnn |" in (out / "lighten.md").read_text()
+
+
+def teacher_run(data, out):
+    """A PyTorch run folder by hand (config.json, best.pth): a freshly initialised student_cnn,
+    which either framework's trainer reads as its --teacher."""
+    torch = pytest.importorskip("torch")
+    import torchref
+    from jaxvgg.core.config import TrainConfig
+
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    out.mkdir()
+    cfg = TrainConfig(model="student_cnn", data_dir=str(data), image_size=32, out_dir=str(out))
+    (out / "config.json").write_text(json.dumps({**cfg.to_json(), "framework": "torch", "classes": classes}))
+    torch.manual_seed(5)
+    model = torchref.create_model("student_cnn", len(classes), image_size=32)
+    meta = {"framework": "torch", "model": "student_cnn", "num_classes": len(classes), "classes": classes}
+    torch.save({"model": model.state_dict(), "meta": {**meta, "image_size": 32, "epoch": 1}}, out / "best.pth")
+    return out
+
+
+def student_settings(data, teacher, out):
+    from jaxvgg.core.config import TrainConfig
+
+    kw = dict(model="student_cnn", data_dir=str(data), image_size=32, batch_size=8, epochs=1, workers=0)
+    return TrainConfig(**kw, teacher=str(teacher), out_dir=str(out))
+
+
+@torch_only
+def test_jax_distillation_without_augmentation_looks_the_teachers_logits_up_by_sample(tiny_data, tmp_path, capsys):
+    """The table computed once gives, for every row of a shuffled training batch, the teacher's
+    logits of that very image, and so the same loss as the teacher run in the step."""
+    from jaxvgg.compress.distill import distillation, distillation_from_logits
+    from jaxvgg.core.run import prepare_run
+    from jaxvgg.data.normalize import normalize
+    from jaxvgg.parallel import DataParallel
+    from jaxvgg.tools.weights import read_weights
+    from jaxvgg.train.loop import JaxTrainer, load_teacher
+
+    cfg = student_settings(tiny_data, teacher_run(tiny_data, tmp_path / "teacher"), tmp_path / "student")
+    trainer = JaxTrainer(prepare_run(cfg, "jax"), DataParallel.create(1), read_weights)
+    table = np.asarray(trainer.aux)
+    n = len(trainer.ctx.split.samples("train"))
+    assert table.shape == (n, 3) and n % 8, "the last, short batch is dropped in training, not from the table"
+    assert f"logits of the {n} training images computed once" in capsys.readouterr().out
+    teacher, variables = load_teacher(cfg, 3, read_weights)
+    rng = np.random.RandomState(0)
+    for batch in list(trainer.batches(1, 0))[:3]:
+        images = normalize(batch["image"])
+        own = np.asarray(teacher.apply(variables, images, train=False))
+        np.testing.assert_allclose(table[np.asarray(batch["index"])], own, rtol=1e-5, atol=1e-5)
+        logits = jnp.asarray(rng.randn(8, 3).astype(np.float32))
+        looked_up = distillation_from_logits(4.0, 0.7)(logits, batch, images, trainer.aux)
+        in_step = distillation(teacher.apply, 4.0, 0.7)(logits, batch, images, variables)
+        np.testing.assert_allclose(np.asarray(looked_up), np.asarray(in_step), rtol=1e-5)
+
+
+@torch_only
+def test_torch_distillation_without_augmentation_looks_the_teachers_logits_up_by_sample(tiny_data, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from jaxvgg.core.run import prepare_run
+    from torchref.checkpoint import read_torch_weights
+    from torchref.distributed import init_distributed
+    from torchref.train import TorchTrainer, distillation, load_teacher
+
+    cfg = student_settings(tiny_data, teacher_run(tiny_data, tmp_path / "teacher"), tmp_path / "student")
+    ddp = init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    trainer = TorchTrainer(prepare_run(cfg, "torch"), ddp, "cpu", read_torch_weights)
+    n = len(trainer.ctx.split.samples("train"))
+    assert f"logits of the {n} training images computed once" in capsys.readouterr().out
+    in_step = distillation(load_teacher(cfg, 3, torch.device("cpu"), read_torch_weights), 4.0, 0.7)
+    torch.manual_seed(0)
+    for x, y, index in list(trainer.batches(1, 0))[:3]:
+        out = torch.randn(len(y), 3)
+        assert float(trainer.loss_fn(out, x, y, index)) == pytest.approx(float(in_step(out, x, y, None)), rel=1e-5)

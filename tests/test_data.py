@@ -180,7 +180,7 @@ def test_process_shards_of_the_loader_make_up_the_single_process_batches(tiny_da
         assert len(whole) == len(first) == len(second)
         for w, a, b in zip(whole, first, second, strict=True):
             assert a.image.shape[0] == b.image.shape[0] == 5
-            for field in ("image", "label", "weight"):
+            for field in ("image", "label", "weight", "index"):
                 np.testing.assert_array_equal(getattr(w, field), np.concatenate([getattr(a, field), getattr(b, field)]))
     # The last eval batch of 72 images holds 2 real rows, both in the first process's half.
     assert second[-1].weight.tolist() == [0] * 5 and first[-1].weight.tolist() == [1, 1, 0, 0, 0]

@@ -48,7 +48,7 @@ def test_cached_route_without_augmentation_is_the_pil_loader_bit_for_bit(tiny_da
         assert len(got["pil"]) == (7 if train else 8)
         for where in ("device", "host"):
             for ours, theirs in zip(got[where], got["pil"], strict=True):
-                assert set(ours) == {"image", "label", "weight"}
+                assert set(ours) == {"image", "label", "weight", "index"}
                 for key in theirs:
                     np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{where} {key}")
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from jaxvgg.core.folder import load_rgb
@@ -70,6 +70,20 @@ class EpochSampler(DistributedSampler):
         return (self.n // self.batch_size - self.start_batch) * self.batch_size // self.num_replicas
 
 
+class WithIndex(Dataset):
+    """(image, label, index) of ``data``: which sample each row of a batch is, so that a
+    teacher's logits computed once can be looked up (``torchref.train.distillation_from_logits``)."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return (*self.data[index], index)
+
+
 def subset(root: str | os.PathLike, paths: list[str], transform) -> Subset:
     """``ImageFolder(root)`` limited to ``paths`` (relative, "<class>/<file>"), our RGB loader included."""
     wanted = set(paths)
@@ -92,10 +106,13 @@ def make_loader(
     rank: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """``batch_size`` is the global batch; each of ``num_replicas`` training processes loads its share.
-    Evaluation loaders are not split: every process evaluates the whole subset. ``pin_memory`` (for
-    CUDA) puts batches in page-locked memory, so the copy to the GPU is asynchronous."""
+    """``batch_size`` is the global batch; each of ``num_replicas`` training processes loads its share,
+    as (images, labels, sample indices). Evaluation loaders are not split: every process evaluates
+    the whole subset, as (images, labels). ``pin_memory`` (for CUDA) puts batches in page-locked
+    memory, so the copy to the GPU is asynchronous."""
     data = subset(root, paths, transform)
+    if train:
+        data = WithIndex(data)
     sampler = EpochSampler(len(data), seed, batch_size, num_replicas, rank) if train else None
     return DataLoader(
         data,

@@ -8,7 +8,7 @@ and :func:`evaluate` its test loop; :class:`TorchTrainer` hands them to
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,15 @@ from jaxvgg.core.errors import UserError
 from jaxvgg.core.freeze import freeze_rule
 from jaxvgg.core.lr_finder import LrSweep, find_lr
 from jaxvgg.core.progress import progress_bar
-from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
+from jaxvgg.core.run import (
+    EpochSums,
+    RunContext,
+    class_weights,
+    prepare_run,
+    removed_if_unfinished,
+    teacher_logits_note,
+    teacher_model,
+)
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
@@ -34,8 +42,9 @@ from torchref.distributed import Distributed, init_distributed
 from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
 
-# (logits, images, labels) -> the loss to minimise; images are there for a teacher to see.
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (logits, images, labels, sample indices) -> the loss to minimise; images are there for a
+# teacher to see, sample indices for its logits computed once (no augmentation).
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -71,13 +80,19 @@ def _meta(ctx: RunContext, **progress: Any) -> dict[str, Any]:
 
 
 def train_one_batch(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: LossFn, precision: str
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    precision: str,
+    index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step; returns (loss sum, correct, count), the first two still tensors."""
     optimizer.zero_grad()
     with autocast(x.device, precision):
         out = net(x)
-        loss = loss_fn(out.float(), x, y)
+        loss = loss_fn(out.float(), x, y, index)
     loss.backward()
     optimizer.step()
     return loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y)
@@ -86,16 +101,26 @@ def train_one_batch(
 def cross_entropy_loss(weights: list[float] | None, device: torch.device) -> LossFn:
     """The tutorial's ``CrossEntropyLoss``, class-weighted when asked (``--class-weights``)."""
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=device))
-    return lambda out, _x, y: criterion(out, y)
+    return lambda out, _x, y, _index: criterion(out, y)
 
 
 def distillation(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
     """The tutorial's distillation loss, with the frozen teacher's logits for the same images."""
 
-    def loss(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, _index: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             teacher_out = teacher(x)
         return distillation_loss(out, teacher_out.float(), y, temperature, alpha)
+
+    return loss
+
+
+def distillation_from_logits(table: torch.Tensor, temperature: float, alpha: float) -> LossFn:
+    """The same loss with the teacher's logits of every training image computed once (``table``,
+    by sample index): without augmentation an image, and so its teacher logits, never change."""
+
+    def loss(out: torch.Tensor, _x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return distillation_loss(out, table[index.to(table.device)], y, temperature, alpha)
 
     return loss
 
@@ -190,15 +215,24 @@ class TorchTrainer:
         # Frozen parameters are not given to the optimizer, so it keeps no state for them.
         self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = make_scheduler(cfg, self.optimizer)
+        # Evaluation reports the plain loss, as the JAX side does.
+        self.criterion = nn.CrossEntropyLoss()
         weights = class_weights(ctx)  # says so when --teacher leaves them out
         if teacher is None:
             self.loss_fn = cross_entropy_loss(weights, dev)
-        else:
+        elif cfg.augment:  # the teacher sees each step's own crops
             self.loss_fn = distillation(teacher, cfg.temperature, cfg.alpha)
-        # Evaluation reports the plain loss, as the JAX side does.
-        self.criterion = nn.CrossEntropyLoss()
+        else:
+            self.loss_fn = distillation_from_logits(self._teacher_logits(teacher), cfg.temperature, cfg.alpha)
         self.step = 0
         self.lr_of_step = lr_of_step
+
+    def _teacher_logits(self, teacher: nn.Module) -> torch.Tensor:
+        """The teacher's logits of every training image, in sample order, computed once."""
+        t0 = time.perf_counter()
+        ev = evaluate(teacher, self._loader("train"), self.dev, self.criterion, "teacher", self.cfg.precision)
+        print(teacher_logits_note(len(ev["labels"]), time.perf_counter() - t0))
+        return torch.from_numpy(ev["logits"]).to(self.dev)
 
     def _loader(self, subset: str):
         cfg = self.cfg
@@ -223,8 +257,8 @@ class TorchTrainer:
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
         self.train_loader.sampler.set_epoch(epoch, start)
-        for x, y in self.train_loader:
-            yield to_device(x, self.dev), y.to(self.dev)
+        for x, y, index in self.train_loader:
+            yield to_device(x, self.dev), y.to(self.dev), index
 
     def start_epoch(self, epoch: int) -> float:
         train_mode(self.net, self.frozen_bn)
@@ -233,12 +267,12 @@ class TorchTrainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def train_step(self, batch: Any) -> Any:
-        x, y = batch
+        x, y, index = batch
         if self.lr_of_step is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_of_step(self.step)
         self.step += 1
-        return train_one_batch(self.net, x, y, self.optimizer, self.loss_fn, self.cfg.precision)
+        return train_one_batch(self.net, x, y, self.optimizer, self.loss_fn, self.cfg.precision, index)
 
     def fetch(self, metrics: list[Any]) -> list[tuple[float, float, float]]:
         # Summed over the processes, as JAX's sharded step gives them: every rank sees the same
@@ -277,9 +311,10 @@ class TorchTrainer:
     def save_best(self, meta: dict[str, Any]) -> None:
         save_best(self.ctx.checkpoint("best"), self.model, _meta(self.ctx, **meta))
 
-    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+    def test_best(self, subsets: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         best, meta = load_model(self.ctx.out_dir, BEST, self.dev)
-        return evaluate(best, self._loader(subset), self.dev, self.criterion, subset, self.cfg.precision), meta
+        precision = self.cfg.precision
+        return {s: evaluate(best, self._loader(s), self.dev, self.criterion, s, precision) for s in subsets}, meta
 
     def best_state_dict(self) -> StateDict:
         return numpy_state_dict(load_model(self.ctx.out_dir, BEST, self.dev)[0])

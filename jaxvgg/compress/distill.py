@@ -5,7 +5,9 @@ loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, 
 The T^2 keeps the soft term's gradients on the scale of the hard term's as T changes.
 :func:`distillation` is a loss for :func:`jaxvgg.train.steps.train_step`: the teacher's
 variables come in as the step's ``aux`` argument (never part of the trained state), and the
-teacher runs inside the compiled step, once per batch.
+teacher runs inside the compiled step, once per batch. Without augmentation a training image is
+the same every epoch and so are the teacher's logits of it: :func:`distillation_from_logits`
+looks them up by the batch's sample ``index`` in a table computed once (``aux``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def distillation(teacher_apply: Callable, temperature: float, alpha: float) -> C
 
     def loss(logits: jax.Array, batch: dict[str, jax.Array], images: jax.Array, teacher: Any):
         teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher, images, train=False))
+        return distillation_loss(logits, teacher_logits, batch["label"], batch["weight"], temperature, alpha)
+
+    return loss
+
+
+def distillation_from_logits(temperature: float, alpha: float) -> Callable:
+    """A ``LossFn`` whose ``aux`` is the teacher's logits of every training image, by sample index."""
+
+    def loss(logits: jax.Array, batch: dict[str, jax.Array], images: jax.Array, table: jax.Array):
+        teacher_logits = jax.lax.stop_gradient(table[batch["index"]])
         return distillation_loss(logits, teacher_logits, batch["label"], batch["weight"], temperature, alpha)
 
     return loss

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from jaxvgg.core.metrics import classification_report
@@ -92,9 +92,9 @@ class Trainer(Protocol):
         """The current weights as ``best.*`` (called on the main process only)."""
         ...
 
-    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
-        """(evaluation on ``subset``, checkpoint meta) of ``best.*``; the evaluation includes the
-        logits, which calibrate the model."""
+    def test_best(self, subsets: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """({subset: evaluation}, checkpoint meta) of ``best.*``, read back once for all ``subsets``;
+        each evaluation includes the logits, which calibrate the model."""
         ...
 
     def best_state_dict(self) -> StateDict:
@@ -256,9 +256,9 @@ def train(ctx: RunContext, trainer: Trainer) -> dict[str, Any] | None:
             stopped = f"stopped after --max-steps {cfg.max_steps}"
             break
     ctx.barrier("best checkpoint written")
-    ev, meta = trainer.test_best()
     # The temperature and the unsure threshold are fitted on the split that chose the best model.
-    val_ev = ev if ctx.val_subset == "test" else trainer.test_best(ctx.val_subset)[0]
+    evs, meta = trainer.test_best(list(dict.fromkeys(["test", ctx.val_subset])))
+    ev, val_ev = evs["test"], evs[ctx.val_subset]
     report = finish_run(
         ctx,
         ev,

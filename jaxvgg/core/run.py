@@ -556,6 +556,13 @@ def teacher_model(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     return teacher.model, (size_options(teacher.model, teacher.image_size))
 
 
+def teacher_logits_note(images: int, seconds: float) -> str:
+    return (
+        f"teacher: its logits of the {images:,} training images computed once ({seconds:.1f} s): without "
+        "augmentation they are the same every epoch"
+    )
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

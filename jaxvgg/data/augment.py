@@ -79,7 +79,7 @@ def crop_resize_flip(images: jax.Array, box: jax.Array, flip: jax.Array, size: i
 def device_feed(
     par: DataParallel, pipeline: Pipeline, stored: np.ndarray | None = None
 ) -> Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]:
-    """A cached batch's host arrays -> the steps' batch ``{"image", "label", "weight"}`` on the
+    """A cached batch's host arrays -> the steps' batch ``{"image", "label", "weight", "index"}`` on the
     devices, sharded along the batch.
 
     ``stored``: the cache's images, put on every device once here (the batches then carry only
@@ -91,7 +91,7 @@ def device_feed(
             images = crop_resize_flip(images, batch["box"], batch["flip"], pipeline.image_size)
         # Padding rows (weight 0) are zeros, as the PIL loader's: the batch is the same, bit for bit.
         images = jnp.where(batch["weight"][:, None, None, None] > 0, images, jnp.zeros((), images.dtype))
-        return {"image": images, "label": batch["label"], "weight": batch["weight"]}
+        return {"image": images, "label": batch["label"], "weight": batch["weight"], "index": batch["index"]}
 
     data = par.batch_sharding
     if stored is None:

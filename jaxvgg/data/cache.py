@@ -138,8 +138,9 @@ class ImageCache:
 
 @dataclasses.dataclass
 class CachedBatch:
-    """Host arrays of one batch of the cached route: ``index`` (cache on the device) or ``image``
-    (stored images, cache in host memory), ``box``/``flip`` with augmentation, labels, weights."""
+    """Host arrays of one batch of the cached route: ``index`` (each row's sample: the images are
+    gathered by it when the cache is on the device), ``image`` (stored images, cache in host
+    memory), ``box``/``flip`` with augmentation, labels, weights."""
 
     arrays: dict[str, np.ndarray]
 
@@ -182,7 +183,9 @@ class CachedLoader(Loader):
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[CachedBatch]:
         for positions, indices in self.plan(epoch, start_batch):
-            arrays = {"index": indices.astype(np.int32)} if self.on_device else {"image": self.cache.images[indices]}
+            arrays = {"index": indices.astype(np.int32)}
+            if not self.on_device:
+                arrays["image"] = self.cache.images[indices]
             if self.pipeline.augment:
                 arrays.update(self.crops(epoch, positions))
             arrays, weight = self.padded(arrays, indices)

@@ -27,9 +27,10 @@ class Batch:
     image: np.ndarray  # uint8 (B, H, W, 3)
     label: np.ndarray  # int32 (B,)
     weight: np.ndarray  # float32 (B,): 0 marks padding in a last, short eval batch
+    index: np.ndarray  # int32 (B,): each row's sample (0 for padding); a teacher's logits are looked up by it
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {"image": self.image, "label": self.label, "weight": self.weight}
+        return {"image": self.image, "label": self.label, "weight": self.weight, "index": self.index}
 
 
 def default_workers(workers: int | None) -> int:
@@ -135,5 +136,5 @@ class Loader:
                 submit()
                 empty = np.zeros((0, *self.pipeline.output_shape), np.uint8)
                 images = np.stack([f.result() for f in futures]) if futures else empty
-                arrays, weight = self.padded({"image": images}, indices)
-                yield Batch(arrays["image"], arrays["label"], weight)
+                arrays, weight = self.padded({"image": images, "index": indices.astype(np.int32)}, indices)
+                yield Batch(arrays["image"], arrays["label"], weight, arrays["index"])

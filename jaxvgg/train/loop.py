@@ -8,7 +8,7 @@ the few functions the driver calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -18,14 +18,22 @@ import optax
 
 import jaxvgg
 from jaxvgg.compress import prune
-from jaxvgg.compress.distill import distillation
+from jaxvgg.compress.distill import distillation, distillation_from_logits
 from jaxvgg.convert import flax_to_torch, torch_to_flax
 from jaxvgg.core import driver
 from jaxvgg.core.config import TrainConfig
 from jaxvgg.core.freeze import freeze_rule
 from jaxvgg.core.lr_finder import LrSweep, find_lr
 from jaxvgg.core.progress import progress_bar
-from jaxvgg.core.run import EpochSums, RunContext, class_weights, prepare_run, removed_if_unfinished, teacher_model
+from jaxvgg.core.run import (
+    EpochSums,
+    RunContext,
+    class_weights,
+    prepare_run,
+    removed_if_unfinished,
+    teacher_logits_note,
+    teacher_model,
+)
 from jaxvgg.core.sparse import format_sparsity, sparsity
 from jaxvgg.core.specs import size_options
 from jaxvgg.core.weights import StateDict, WeightReader
@@ -33,6 +41,7 @@ from jaxvgg.data import Loader, Pipeline
 from jaxvgg.data.augment import device_feed
 from jaxvgg.data.cache import CachedLoader, ImageCache, host_memory_bytes, layout, placement
 from jaxvgg.data.loader import default_workers
+from jaxvgg.data.normalize import normalize
 from jaxvgg.data.prefetch import prefetch
 from jaxvgg.ops.conv import resolve_route
 from jaxvgg.parallel import DataParallel, local_copy
@@ -180,9 +189,26 @@ class JaxTrainer:
         loss_fn = steps.cross_entropy_loss(weights)
         if cfg.teacher:
             teacher, teacher_variables = load_teacher(cfg, len(ctx.classes), read_weights)
-            loss_fn = distillation(teacher.apply, cfg.temperature, cfg.alpha)
-            self.aux = par.replicate(teacher_variables)
+            if cfg.augment:  # the teacher sees each step's own crops
+                loss_fn = distillation(teacher.apply, cfg.temperature, cfg.alpha)
+                self.aux = par.replicate(teacher_variables)
+            else:
+                loss_fn = distillation_from_logits(cfg.temperature, cfg.alpha)
+                self.aux = par.replicate(self._teacher_logits(teacher.apply, teacher_variables))
         self.compiled_train_step, self.eval_step = steps.compile_steps(loss_fn, par)
+
+    def _teacher_logits(self, teacher_apply: Callable, variables: Any) -> np.ndarray:
+        """The teacher's logits of every training image, in sample order, computed once."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        pipeline = Pipeline(cfg.image_size, False, cfg.resize)
+        samples = self.ctx.split.samples("train")
+        loader = Loader(self.ctx.data.root, samples, pipeline, cfg.batch_size, train=False, workers=cfg.workers)
+        forward = jax.jit(lambda v, x: teacher_apply(v, normalize(x), train=False))
+        variables = jax.device_put(variables)
+        rows = [np.asarray(forward(variables, b.image), np.float32)[b.weight > 0] for b in loader.epoch(0)]
+        table = np.concatenate(rows)
+        print(teacher_logits_note(len(table), time.perf_counter() - t0))
+        return table
 
     def _cache_placement(self) -> str:
         """Where ``--data-cache`` keeps the decoded images: device, host or none (the PIL loader)."""
@@ -271,12 +297,15 @@ class JaxTrainer:
     def save_best(self, meta: dict[str, Any]) -> None:
         checkpoint.save(self.ctx.checkpoint("best"), local_copy(self.state.variables), _meta(self.ctx, **meta))
 
-    def test_best(self, subset: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+    def test_best(self, subsets: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         _, variables, meta = load_variables(self.ctx.out_dir)
         variables = self.par.replicate(variables)
         state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-        loader, put = self._feed(subset)
-        return evaluate(state, loader, self.eval_step, desc=subset, put=put), meta
+        evs = {}
+        for subset in subsets:
+            loader, put = self._feed(subset)
+            evs[subset] = evaluate(state, loader, self.eval_step, desc=subset, put=put)
+        return evs, meta
 
     def best_state_dict(self) -> StateDict:
         _, variables, _ = load_variables(self.ctx.out_dir)

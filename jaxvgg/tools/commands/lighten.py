@@ -120,14 +120,14 @@ def main() -> None:
     p.add_argument(
         "--dsconv-epochs",
         type=int,
-        default=10,
+        default=8,
         help="epochs of the depthwise-separable model, from scratch (its convolutions cannot borrow the base's)",
     )
     p.add_argument(
         "--distill-epochs",
         type=int,
         default=5,
-        help="epochs of student_cnn learning from the base (the base's forward runs in every step)",
+        help="epochs of student_cnn learning from the base (its logits of the training images computed once)",
     )
     p.add_argument(
         "--finetune-epochs",
