@@ -140,10 +140,13 @@ def torch_to_flax(
 
 
 def flax_to_torch(
-    name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0, **options: Any
+    name: str, variables: Mapping[str, Any], num_batches_tracked: int = 0, contiguous: bool = True, **options: Any
 ) -> dict[str, np.ndarray]:
     """A torch-named state_dict of numpy arrays for model ``name`` (load with ``torch.from_numpy``).
 
+    ``contiguous=False`` leaves the kernels as transposed views of ``variables``: for a reader that
+    copies them anyway (``torch_to_flax`` transposes them back, so its copy is a plain one), it
+    saves copying every weight in torch's layout (2.4 s of a VGG-16's 3.7 s read here).
     ``options`` (the model's, e.g. ``image_size``) are accepted for symmetry with
     :func:`torch_to_flax`; the mapping itself does not depend on them.
     """
@@ -160,7 +163,7 @@ def flax_to_torch(
             elif leaf == "kernel":
                 arr = arr.T
             torch_leaf = "weight" if leaf in ("kernel", "scale") else leaf
-            out[f"{module}.{torch_leaf}"] = np.ascontiguousarray(arr)
+            out[f"{module}.{torch_leaf}"] = np.ascontiguousarray(arr) if contiguous else arr
         if (*path, "mean") in stats:
             out[f"{module}.running_mean"] = np.asarray(stats[(*path, "mean")])
             out[f"{module}.running_var"] = np.asarray(stats[(*path, "var")])

@@ -30,7 +30,7 @@ def starting_variables(
 ) -> tuple[dict[str, Any], str]:
     """Flax ``variables`` with every entry that ``source`` provides; plus the report line(s)."""
     sd = read_weights(source)
-    template = flax_to_torch(name, variables, **options)
+    template = flax_to_torch(name, variables, contiguous=False, **options)
     try:
         loaded, notes = fit_weights(sd, {k: v.shape for k, v in template.items()}, name, replace_head)
     except WeightMismatchError as e:

@@ -135,10 +135,11 @@ def load_int8(run_dir: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]
 
 def read_jax_weights(source: str | Path) -> dict[str, np.ndarray]:
     """A torch-named state_dict of a JAX run folder or ``.msgpack`` checkpoint (the JAX layer's
-    :data:`~jaxvgg.core.weights.WeightReader`; ``.pth`` files need :func:`jaxvgg.tools.weights.read_weights`)."""
+    :data:`~jaxvgg.core.weights.WeightReader`; ``.pth`` files need :func:`jaxvgg.tools.weights.read_weights`).
+    The kernels are read-only views in torch's layout: copy before changing one."""
     path = weights_file(source)
     if path.suffix != ".msgpack":
         raise UserError(f"{path}: not a JAX checkpoint; reading {path.suffix} files needs jaxvgg.tools.weights")
     _, variables, meta = load_variables(path.parent, path.name)
     options = size_options(meta["model"], meta["image_size"])
-    return flax_to_torch(meta["model"], variables, **options)
+    return flax_to_torch(meta["model"], variables, contiguous=False, **options)  # every reader copies

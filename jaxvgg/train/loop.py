@@ -106,7 +106,7 @@ def build_state(
         masks = prune.l1_masks(variables["params"], cfg.prune_amount, cfg.prune_scope)
         variables = {**variables, "params": prune.apply_masks(variables["params"], masks)}
         print(f"pruned {cfg.prune_amount:.0%} of the conv/linear weights ({cfg.prune_scope}):")
-        print(format_sparsity(sparsity(flax_to_torch(cfg.model, variables))))
+        print(format_sparsity(sparsity(flax_to_torch(cfg.model, variables, contiguous=False))))
     is_frozen = freeze_rule(cfg.model, cfg.freeze)
     schedule = lr_of_step or make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
     tx = freeze_optimizer(
