@@ -95,7 +95,7 @@ class TrainConfig:
         choices=RESIZES,
     )
     batch_size: int = setting(32, "optimisation", "images per optimizer step (over all devices together)")
-    epochs: int = setting(5, "schedule", "maximum epochs (also T_max of the cosine schedule)")
+    epochs: int = setting(6, "schedule", "maximum epochs (also T_max of the cosine schedule)")
     lr: float | None = setting(
         None, "optimisation", "base learning rate; config.json records the rate used", shown=_model_learning_rates()
     )
