@@ -54,7 +54,10 @@ class ModelSpec:
     batch_norm: bool = False
     separable: bool = False  # depthwise-separable convolutions instead of plain 3x3 ones
     head: str = "torchvision"
-    init: str = "torchvision"  # "torchvision" (kaiming fan-out) or "torch" (nn.Module defaults)
+    # "torchvision" (kaiming fan-out), "fan_in" (the same but kaiming fan-in for the dense
+    # convolutions: VGGs without BatchNorm, whose forward signal fan-out shrinks ~10x by the head,
+    # docs/recipes.md) or "torch" (nn.Module defaults)
+    init: str = "torchvision"
     description: str = ""
 
     @property
@@ -80,7 +83,7 @@ class ModelSpec:
 def _torchvision_vggs() -> dict[str, ModelSpec]:
     out = {}
     for depth, cfg in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E")):
-        out[f"vgg{depth}"] = ModelSpec("vgg", cfg, description=f"torchvision VGG-{depth}")
+        out[f"vgg{depth}"] = ModelSpec("vgg", cfg, init="fan_in", description=f"torchvision VGG-{depth}")
         out[f"vgg{depth}_bn"] = ModelSpec(
             "vgg", cfg, batch_norm=True, description=f"torchvision VGG-{depth} with BatchNorm"
         )
@@ -96,9 +99,9 @@ MODELS: dict[str, ModelSpec] = {
         init="torch",
         description="the tutorial's hand-built VGG-16: no average pool, no dropout",
     ),
-    "vgg16_slim": ModelSpec("vgg", "D", head="slim", description="VGG-16, FC head 1024-256"),
+    "vgg16_slim": ModelSpec("vgg", "D", head="slim", init="fan_in", description="VGG-16, FC head 1024-256"),
     "vgg16_slim_bn": ModelSpec("vgg", "D", batch_norm=True, head="slim", description="vgg16_slim with BatchNorm"),
-    "vgg16_gap": ModelSpec("vgg", "D", head="gap", description="VGG-16, global-average-pool head"),
+    "vgg16_gap": ModelSpec("vgg", "D", head="gap", init="fan_in", description="VGG-16, global-average-pool head"),
     "vgg16_gap_bn": ModelSpec(
         "vgg", "D", batch_norm=True, head="gap", description="VGG-16 with BatchNorm and the global-average-pool head"
     ),

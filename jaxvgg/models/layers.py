@@ -39,6 +39,12 @@ def kaiming_fan_out() -> Initializer:
     return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def kaiming_fan_in() -> Initializer:
+    """``kaiming_normal_(mode="fan_in", nonlinearity="relu")``: keeps the forward signal's variance
+    (fan-out keeps the gradient's), for VGGs without BatchNorm (docs/recipes.md)."""
+    return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
 def depthwise_init() -> Initializer:
     """A depthwise 3x3 under ``init="torchvision"``: ``normal(0, 1/3)``, variance 1 / fan-in (its 9 taps).
 
@@ -56,7 +62,7 @@ class Conv2d(nn.Module):
     padding: int = 0
     groups: int = 1
     bias: bool = True
-    init: str = "torch"  # "torch" defaults or "torchvision" (kaiming fan-out, zero bias)
+    init: str = "torch"  # "torch" defaults, "torchvision" (kaiming fan-out, zero bias) or "fan_in" (kaiming fan-in)
     dtype: jnp.dtype | None = None  # compute dtype; parameters stay float32
     route: str = "cpu"  # how the convolution is computed (jaxvgg.ops.conv.ROUTES)
 
@@ -66,8 +72,8 @@ class Conv2d(nn.Module):
         k = self.kernel_size
         fan_in = in_channels // self.groups * k * k
         depthwise = self.groups > 1 and self.groups == in_channels
-        if self.init == "torchvision":
-            kernel_init = depthwise_init() if depthwise else kaiming_fan_out()
+        if self.init in ("torchvision", "fan_in"):
+            kernel_init = depthwise_init() if depthwise else KAIMING[self.init]()
         else:
             kernel_init = torch_default_kernel_init()
         kernel = self.param("kernel", kernel_init, (k, k, in_channels // self.groups, self.out_channels))
@@ -81,20 +87,23 @@ class Conv2d(nn.Module):
             route=self.route,
         )
         if self.bias:
-            bias_init = nn.initializers.zeros if self.init == "torchvision" else torch_default_bias_init(fan_in)
+            bias_init = torch_default_bias_init(fan_in) if self.init == "torch" else nn.initializers.zeros
             y = y + self.param("bias", bias_init, (self.out_channels,)).astype(dtype)
         return y
 
 
+KAIMING = {"torchvision": kaiming_fan_out, "fan_in": kaiming_fan_in}
+
+
 class Linear(nn.Module):
     out_features: int
-    init: str = "torch"  # "torch" defaults or "torchvision" (normal(0, 0.01), zero bias)
+    init: str = "torch"  # "torch" defaults, or "torchvision" / "fan_in" (normal(0, 0.01), zero bias)
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         in_features = x.shape[-1]
-        if self.init == "torchvision":
+        if self.init != "torch":
             kernel_init, bias_init = nn.initializers.normal(0.01), nn.initializers.zeros
         else:
             kernel_init, bias_init = torch_default_kernel_init(), torch_default_bias_init(in_features)

@@ -51,8 +51,8 @@ class VGG(nn.Module):
         pool = HEADS[spec.head].pool
         self.avgpool = nn.AdaptiveAvgPool2d(pool) if pool is not None else nn.Identity()
         self.classifier = make_classifier(spec, num_classes, image_size)
-        if spec.init == "torchvision":
-            init_torchvision(self)
+        if spec.init != "torch":
+            init_torchvision(self, conv_mode="fan_in" if spec.init == "fan_in" else "fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -61,14 +61,15 @@ class VGG(nn.Module):
         return self.classifier(x)
 
 
-def init_torchvision(model: nn.Module) -> None:
-    """torchvision's VGG initialisation (also what its ResNet uses for convolutions), depthwise convs apart."""
+def init_torchvision(model: nn.Module, conv_mode: str = "fan_out") -> None:
+    """torchvision's VGG initialisation (also what its ResNet uses for convolutions), depthwise convs apart;
+    ``conv_mode="fan_in"``: Kaiming counted on the fan-in (``init="fan_in"``, VGGs without BatchNorm)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             if m.groups > 1 and m.groups == m.in_channels:  # depthwise: jaxvgg.models.layers.depthwise_init
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
             else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
         elif isinstance(m, nn.BatchNorm2d):
