@@ -55,8 +55,8 @@ class ModelSpec:
     separable: bool = False  # depthwise-separable convolutions instead of plain 3x3 ones
     head: str = "torchvision"
     # "torchvision" (kaiming fan-out), "fan_in" (the same but kaiming fan-in for the dense
-    # convolutions: VGGs without BatchNorm, whose forward signal fan-out shrinks ~10x by the head,
-    # docs/recipes.md) or "torch" (nn.Module defaults)
+    # convolutions: VGGs without BatchNorm, whose forward signal fan-out shrinks about tenfold before
+    # the head, docs/recipes.md) or "torch" (nn.Module defaults)
     init: str = "torchvision"
     description: str = ""
 
