@@ -144,6 +144,7 @@ def test_optimizer_steps_agree(name):
     cfg = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.1, momentum=0.9)
     torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
     opt = torch_optimizer(cfg, list(torch_params.values()))
+    assert opt.defaults["fused"], "on a CPU the reference takes torch's fused kernels"
     tx = make_optimizer(name, cfg.lr, cfg.weight_decay, cfg.momentum)
     jp = jax.tree.map(jnp.asarray, params)
     state = tx.init(jp)
