@@ -58,6 +58,10 @@ class ModelSpec:
     # convolutions: VGGs without BatchNorm, whose forward signal fan-out shrinks about tenfold before
     # the head, docs/recipes.md) or "torch" (nn.Module defaults)
     init: str = "torchvision"
+    # ResNet: each block's last BatchNorm starts at scale 0, so every block starts as the identity
+    # (torchvision's zero_init_residual; docs/recipes.md)
+    zero_init_residual: bool = False
+    lr: float | None = None  # Adam's rate from scratch where the family's rule (default_lr) is not the best
     description: str = ""
 
     @property
@@ -67,9 +71,11 @@ class ModelSpec:
         VGGs sit at the majority class at 1e-3 without BatchNorm (every such row of lighten.py)
         and learn at the tutorial's 1e-4; BatchNorm with the 4096-wide head still blew up at 5e-4
         (vgg16_bn: first-epoch loss 30), so only the GAP head and the depthwise-separable VGG get
-        5e-4; ResNet-50 and the
-        two-conv student 1e-3. Measurements and what is not yet shown: docs/recipes.md.
+        5e-4; ResNet-50 and the two-conv student 1e-3. A spec's own ``lr`` wins (VGG-19: 2e-4).
+        Measurements and what is not yet shown: docs/recipes.md.
         """
+        if self.lr is not None:
+            return self.lr
         if self.family == "resnet" or self.cfg == "student":
             return 1e-3
         return 5e-4 if self.batch_norm and (self.head == "gap" or self.separable) else 1e-4
@@ -83,7 +89,9 @@ class ModelSpec:
 def _torchvision_vggs() -> dict[str, ModelSpec]:
     out = {}
     for depth, cfg in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E")):
-        out[f"vgg{depth}"] = ModelSpec("vgg", cfg, init="fan_in", description=f"torchvision VGG-{depth}")
+        # VGG-19 falls too slowly at 1e-4 (0.91x in 30 steps); at 2e-4 like the others (docs/recipes.md)
+        lr = 2e-4 if depth == "19" else None
+        out[f"vgg{depth}"] = ModelSpec("vgg", cfg, init="fan_in", lr=lr, description=f"torchvision VGG-{depth}")
         out[f"vgg{depth}_bn"] = ModelSpec(
             "vgg", cfg, batch_norm=True, description=f"torchvision VGG-{depth} with BatchNorm"
         )
@@ -115,7 +123,12 @@ MODELS: dict[str, ModelSpec] = {
     "vgg16_dsconv_bn": ModelSpec(
         "vgg", "D", batch_norm=True, separable=True, head="slim", description="vgg16_dsconv with BatchNorm"
     ),
-    "resnet50": ModelSpec("resnet", head="gap", description="torchvision ResNet-50 (v1.5: stride on the 3x3 conv)"),
+    "resnet50": ModelSpec(
+        "resnet",
+        head="gap",
+        zero_init_residual=True,
+        description="torchvision ResNet-50 (v1.5: stride on the 3x3 conv)",
+    ),
     "student_cnn": ModelSpec(
         "vgg",
         "student",

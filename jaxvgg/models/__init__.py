@@ -40,7 +40,7 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
         return VGG(spec, num_classes=num_classes, **options)
     if spec.family == "resnet":
         options.pop("image_size", None)  # global average pool: any size works
-        return ResNet(num_classes=num_classes, **options)
+        return ResNet(num_classes=num_classes, zero_init_residual=spec.zero_init_residual, **options)
     raise ValueError(f"model family {spec.family!r} is not available")
 
 

@@ -122,11 +122,12 @@ class BatchNorm2d(nn.Module):
 
     eps: float = 1e-5
     momentum: float = 0.1
+    zero_scale: bool = False  # the scale starts at 0 (a residual block's last BatchNorm, zero_init_residual)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,))
+        scale = self.param("scale", nn.initializers.zeros if self.zero_scale else nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)

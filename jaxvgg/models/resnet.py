@@ -32,6 +32,7 @@ class Bottleneck(nn.Module):
     stride: int = 1
     project: bool = False  # 1x1 conv + BatchNorm on the shortcut (torchvision's `downsample`)
     expansion: int = 4
+    zero_init_residual: bool = False
     dtype: jnp.dtype | None = None
     conv_route: str = "cpu"
 
@@ -42,7 +43,7 @@ class Bottleneck(nn.Module):
         self.conv2 = Conv2d(w, 3, stride=self.stride, padding=1, **conv)
         self.bn2 = BatchNorm2d()
         self.conv3 = Conv2d(w * self.expansion, 1, **conv)
-        self.bn3 = BatchNorm2d()
+        self.bn3 = BatchNorm2d(zero_scale=self.zero_init_residual)
         self.relu = ReLU()
         self.downsample = (
             [Conv2d(w * self.expansion, 1, stride=self.stride, **conv), BatchNorm2d()] if self.project else []
@@ -59,6 +60,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     layers: tuple[int, int, int, int] = RESNET_BLOCKS
     num_classes: int = 1000
+    zero_init_residual: bool = False  # torchvision's: each block's last BatchNorm scale starts at 0
     dtype: jnp.dtype | None = None
     conv_route: str = "cpu"  # how convolutions are computed (jaxvgg.ops.conv.ROUTES); no torch counterpart
 
@@ -78,7 +80,7 @@ class ResNet(nn.Module):
 
     def make_layer(self, width: int, blocks: int, stride: int) -> list[Bottleneck]:
         # Every stage's first block changes the width (x4) or the stride, so it always downsamples.
-        options = {"dtype": self.dtype, "conv_route": self.conv_route}
+        options = {"zero_init_residual": self.zero_init_residual, "dtype": self.dtype, "conv_route": self.conv_route}
         return [Bottleneck(width, stride, project=True, **options)] + [
             Bottleneck(width, **options) for _ in range(1, blocks)
         ]

@@ -26,5 +26,7 @@ def create_model(name: str, num_classes: int = 3, **options: Any) -> nn.Module:
     if spec.family == "vgg":
         return VGG(spec, num_classes=num_classes, **options)
     if spec.family == "resnet":
-        return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+        return torchvision.models.resnet50(
+            weights=None, num_classes=num_classes, zero_init_residual=spec.zero_init_residual
+        )
     raise ValueError(f"model family {spec.family!r} is not available")
