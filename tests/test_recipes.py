@@ -1,7 +1,7 @@
 """Models learn from their own defaults, in both frameworks, on a data set the test draws (six
 classes of coloured shapes, fixture ``shapes``, not the built-in leaves): a user who names only
 --model and --data-dir gets a training loss that falls within a few dozen steps. Not yet every
-model of the zoo: see LEARNING and NOT_YET."""
+model of the zoo: see LEARNING, LEARNING_NOT_RUN and NOT_YET."""
 
 import json
 
@@ -16,9 +16,16 @@ torch = pytest.importorskip("torch")
 
 # The models shown to learn from their defaults within STEPS steps, in both frameworks (figures:
 # docs/recipes.md, "Defaults for any model").
-LEARNING = ["student_cnn", "vgg16_gap_bn", "vgg11", "vgg13", "vgg16", "vgg19", "vgg16_gap", "resnet50"]
+LEARNING = ["student_cnn", "vgg16_gap_bn", "vgg16", "vgg19", "vgg16_gap", "resnet50"]
+# Shown to learn by this file's loop in both frameworks (docs/recipes.md, session 11) but not run
+# here: the recipe of vgg16 and vgg19 at another depth, and ~1.5 min of the suite's two workers each
+# (session 12: the suite ran 18 min 43 s with them).
+LEARNING_NOT_RUN = [
+    "vgg11",  # 2.60 -> 1.03 torch, 3.14 -> 0.86 JAX
+    "vgg13",  # 3.14 -> 1.47 torch, 3.37 -> 1.39 JAX
+]
 # Not yet shown to learn clearly within STEPS steps from their defaults (measured: docs/recipes.md).
-# A new model of the zoo goes into one of the two lists.
+# A new model of the zoo goes into one of the three lists.
 NOT_YET = [
     # the 4096-wide head on BatchNorm features: unstable at 1e-4 and batch 8 (steps at loss 6-9);
     # at 1e-5 vgg11_bn and vgg16_bn pass on one draw, vgg13_bn (0.82x) and vgg19_bn (1.01x) do not
@@ -38,7 +45,7 @@ WINDOW = 5  # steps averaged at each end: a batch-8 loss is noisy
 
 
 def test_every_model_is_shown_to_learn_or_listed_as_not_yet():
-    assert sorted(LEARNING + NOT_YET) == sorted(MODELS)
+    assert sorted(LEARNING + LEARNING_NOT_RUN + NOT_YET) == sorted(MODELS)
 
 
 def test_every_model_has_a_default_rate_that_the_config_records():
