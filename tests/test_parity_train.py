@@ -144,7 +144,7 @@ def test_optimizer_steps_agree(name):
     cfg = TrainConfig(optimizer=name, lr=0.05, weight_decay=0.1, momentum=0.9)
     torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
     opt = torch_optimizer(cfg, list(torch_params.values()))
-    assert opt.defaults["fused"], "on a CPU the reference takes torch's fused kernels"
+    assert all(g["fused"] for g in opt.param_groups), "on a CPU the reference takes torch's fused kernels"
     tx = make_optimizer(name, cfg.lr, cfg.weight_decay, cfg.momentum)
     jp = jax.tree.map(jnp.asarray, params)
     state = tx.init(jp)
@@ -156,6 +156,35 @@ def test_optimizer_steps_agree(name):
         jp = optax.apply_updates(jp, updates)
     for k, p in torch_params.items():
         np.testing.assert_allclose(np.asarray(jp[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_optimizer_keeps_the_fused_kernels_it_was_built_with():
+    """A checkpoint of a run on torch's default kernels carries ``fused=None`` in its param groups,
+    which ``load_state_dict`` would pour over the fused optimizer a resumed run builds."""
+    import copy
+
+    from torchref.checkpoint import load_optimizer_state
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 4))
+
+    def step(opt):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+
+    old = torch.optim.Adam([w], lr=0.1, weight_decay=0.1)  # the default kernels, as runs had before
+    step(old)
+    saved, start = copy.deepcopy(old.state_dict()), w.detach().clone()
+    step(old)
+    expected = w.detach().clone()
+    with torch.no_grad():
+        w.copy_(start)
+    resumed = torch_optimizer(TrainConfig(optimizer="adam", lr=0.1, weight_decay=0.1), [w])
+    load_optimizer_state(resumed, saved)
+    assert all(g["fused"] for g in resumed.param_groups)
+    step(resumed)
+    np.testing.assert_allclose(w.detach().numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_ten_training_steps_end_with_the_same_parameters():
@@ -260,6 +289,10 @@ def test_resnet50_train_mode_batchnorm_statistics_match_torch():
     """One train-mode forward: every BatchNorm's running mean and (unbiased) running var as torch's."""
     torch.manual_seed(6)
     model = torchref.create_model("resnet50", 3).train()
+    with torch.no_grad():  # every block's last scale starts at 0 (zero_init_residual): make both paths count
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
     variables = torch_to_flax("resnet50", model.state_dict())
     x = np.random.RandomState(6).randn(4, 3, 64, 64).astype(np.float32)
     with torch.no_grad():

@@ -87,6 +87,23 @@ def load_int8(run_dir: str | Path) -> tuple[nn.Module, dict]:
     return qmodel.eval(), meta
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping the kernels the optimizer was built with.
+
+    A saved state carries its param groups' settings, ``fused`` among them, so a checkpoint of a
+    run on the default kernels (older runs, another device) would quietly switch them back; the
+    fused kernels also want each ``step`` as float32 on its weight's device.
+    """
+    optimizer.load_state_dict(state)
+    fused = optimizer.defaults.get("fused")
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+    if fused:
+        for param, param_state in optimizer.state.items():
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(torch.float32).to(param.device)
+
+
 def restore_last(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, name: str, device: torch.device
 ) -> dict[str, Any]:
@@ -97,7 +114,7 @@ def restore_last(
         if meta["model"] != name:
             raise UserError(f"{path}: checkpoint is for {meta['model']}, not {name}")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"].cpu())
         check_resume_meta(meta, path)

@@ -42,10 +42,12 @@ from torchref.distributed import Distributed, init_distributed
 from torchref.precision import autocast, prepare, to_device
 from torchref.transfer import freeze, load_starting_weights, train_mode
 
+# Where the reference takes torch's fused Adam, AdamW and SGD: measured on CPU, and CUDA is where
+# they began; MPS keeps the default kernels, never run here.
+FUSED_DEVICES = ("cpu", "cuda")
+
 # (logits, images, labels, sample indices) -> the loss to minimise; images are there for a
 # teacher to see, sample indices for its logits computed once (no augmentation).
-FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused Adam, AdamW and SGD are known to run
-
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 

@@ -32,6 +32,8 @@ class Bottleneck(nn.Module):
     stride: int = 1
     project: bool = False  # 1x1 conv + BatchNorm on the shortcut (torchvision's `downsample`)
     expansion: int = 4
+    # torchvision sets it on the ResNet and zeroes each block's bn3 after building; here the block
+    # starts its own bn3 at 0
     zero_init_residual: bool = False
     dtype: jnp.dtype | None = None
     conv_route: str = "cpu"

@@ -62,9 +62,10 @@ def torch_pauses(model: str, folder: Path, repeats: int) -> list[dict[str, float
 
     import torchref
     from torchref.checkpoint import save_last_state
+    from torchref.train import make_optimizer
 
     net = torchref.create_model(model, 3, image_size=32)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    optimizer = make_optimizer(TrainConfig(model=model, lr=1e-4, weight_decay=1e-5), net.parameters())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
     net(torch.zeros(2, 3, 32, 32)).sum().backward()
     optimizer.step()  # Adam's moments exist (and are dense) after a step
