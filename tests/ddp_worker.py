@@ -12,8 +12,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchref
+from jaxvgg.core.config import TrainConfig
 from torchref.data import EpochSampler
 from torchref.distributed import init_distributed
+from torchref.train import make_optimizer
 
 GLOBAL_BATCH, SIZE, IMAGES = 8, 16, 16
 
@@ -32,7 +34,7 @@ def main() -> None:
     sampler = EpochSampler(IMAGES, seed=0, batch_size=GLOBAL_BATCH, num_replicas=ddp.world, rank=ddp.rank)
     loader = DataLoader(data, batch_size=GLOBAL_BATCH // ddp.world, sampler=sampler, drop_last=True)
     net = ddp.wrap(model, torch.device("cpu"))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-5)
+    opt = make_optimizer(TrainConfig(model="student_cnn", lr=1e-2, weight_decay=1e-5), model.parameters())
     sampler.set_epoch(0)
     rows = 0
     for x, y in loader:  # 2 steps

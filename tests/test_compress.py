@@ -204,13 +204,15 @@ def test_distillation_loss_matches_torch():
 def test_torch_pruned_fine_tuning_keeps_zeros_and_saves_plain_weights():
     torch = pytest.importorskip("torch")
     import torchref
+    from jaxvgg.core.config import TrainConfig
     from torchref.compress import plain_state_dict, prune_model
+    from torchref.train import make_optimizer
 
     torch.manual_seed(0)
     model = torchref.create_model("student_cnn", 3, image_size=32)
     prune_model(model, 0.3)
     masks = {n: b.clone() for n, b in model.named_buffers() if n.endswith("weight_mask")}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-5)
+    opt = make_optimizer(TrainConfig(model="student_cnn", lr=1e-2, weight_decay=1e-5), model.parameters())  # fused
     for _ in range(3):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 3, (8,))).backward()
