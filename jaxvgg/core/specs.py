@@ -70,15 +70,15 @@ class ModelSpec:
 
         VGGs sit at the majority class at 1e-3 without BatchNorm (every such row of lighten.py)
         and learn at the tutorial's 1e-4; BatchNorm with the 4096-wide head still blew up at 5e-4
-        (vgg16_bn: first-epoch loss 30), so only the GAP head and the depthwise-separable VGG get
-        5e-4; ResNet-50 and the two-conv student 1e-3. A spec's own ``lr`` wins (VGG-19: 2e-4).
-        Measurements and what is not yet shown: docs/recipes.md.
+        (vgg16_bn: first-epoch loss 30), so only the GAP head with BatchNorm and the
+        depthwise-separable VGGs get 5e-4; ResNet-50 and the two-conv student 1e-3. A spec's own
+        ``lr`` wins (VGG-19: 2e-4). Measurements and what is not yet shown: docs/recipes.md.
         """
         if self.lr is not None:
             return self.lr
         if self.family == "resnet" or self.cfg == "student":
             return 1e-3
-        return 5e-4 if self.batch_norm and (self.head == "gap" or self.separable) else 1e-4
+        return 5e-4 if (self.batch_norm and self.head == "gap") or self.separable else 1e-4
 
     @property
     def sized(self) -> bool:
