@@ -16,8 +16,8 @@ from jaxvgg.ops.conv import resolve_route
 
 Variables = dict[str, Any]
 
-# The initialiser runs once: on the CPU, LLVM's -O1 instead of XLA's default -O3 compiles VGG-16's
-# (134 M draws of threefry) in about half the time and runs it no slower (docs/performance.md).
+# The initialiser runs once: on the CPU, LLVM's -O1 instead of XLA's default compiles VGG-16's in
+# under half the time and runs it as fast (docs/performance.md).
 INIT_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
