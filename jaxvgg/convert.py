@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvgg.core.transpose import transposed_copy
 from jaxvgg.core.weights import mismatch_error
 from jaxvgg.models import create_model, variable_shapes
 
@@ -110,21 +111,23 @@ def torch_to_flax(
         module, _, leaf = key.rpartition(".")
         if leaf == "num_batches_tracked":
             continue
-        arr = _to_numpy(value)
+        raw = _to_numpy(value)
         path = torch_path_to_flax(module)
+        axes = tuple(range(raw.ndim))
         if leaf in _BN_STATS:
-            target, arr = ("batch_stats", *path, _BN_STATS[leaf]), arr
+            target = ("batch_stats", *path, _BN_STATS[leaf])
         elif leaf == "bias":
             target = ("params", *path, "bias")
-        elif leaf == "weight" and arr.ndim == 4:
-            target, arr = ("params", *path, "kernel"), arr.transpose(2, 3, 1, 0)
-        elif leaf == "weight" and arr.ndim == 2:
-            target, arr = ("params", *path, "kernel"), arr.T
-        elif leaf == "weight" and arr.ndim == 1:
+        elif leaf == "weight" and raw.ndim == 4:
+            target, axes = ("params", *path, "kernel"), (2, 3, 1, 0)
+        elif leaf == "weight" and raw.ndim == 2:
+            target, axes = ("params", *path, "kernel"), (1, 0)
+        elif leaf == "weight" and raw.ndim == 1:
             target = ("params", *path, "scale")
         else:
             unexpected.append(key)
             continue
+        arr = raw.transpose(axes)
         if target not in expected:
             unexpected.append(key)
         elif tuple(expected[target].shape) != arr.shape:
@@ -132,7 +135,7 @@ def torch_to_flax(
             misshaped.append(f"{key}: got {_torch_shape_of(arr, target)}, model wants {want}")
         else:
             # A copy: torch tensors share memory with .numpy(), and torch updates BatchNorm statistics in place.
-            flat[target] = np.array(arr, dtype=expected[target].dtype, order="C", copy=True)
+            flat[target] = transposed_copy(raw, axes, expected[target].dtype)
     missing = [_torch_name(p) for p in expected if p not in flat and not _is_reported(p, misshaped)]
     if error := mismatch_error(name, missing, unexpected, misshaped):
         raise error
@@ -158,12 +161,16 @@ def flax_to_torch(
     for path, leaves in by_module.items():
         module = flax_path_to_torch(path)
         for leaf, arr in leaves.items():
+            axes = tuple(range(arr.ndim))
             if leaf == "kernel" and arr.ndim == 4:
-                arr = arr.transpose(3, 2, 0, 1)
+                axes = (3, 2, 0, 1)
             elif leaf == "kernel":
-                arr = arr.T
+                axes = (1, 0)
             torch_leaf = "weight" if leaf in ("kernel", "scale") else leaf
-            out[f"{module}.{torch_leaf}"] = np.ascontiguousarray(arr) if contiguous else arr
+            view = arr.transpose(axes)
+            out[f"{module}.{torch_leaf}"] = (
+                view if not contiguous or view.flags.c_contiguous else transposed_copy(arr, axes)
+            )
         if (*path, "mean") in stats:
             out[f"{module}.running_mean"] = np.asarray(stats[(*path, "mean")])
             out[f"{module}.running_var"] = np.asarray(stats[(*path, "var")])
