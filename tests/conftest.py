@@ -15,10 +15,16 @@ os.environ.setdefault("JAXVGG_MALLOC", "0")
 def private_cache(tmp_path_factory):
     """The scripts the tests run get a cache folder of their own (built-in dataset, compiled steps).
 
-    Every run then starts cold, as on a fresh machine, whatever an earlier run or the user's own
-    ``~/.cache/jaxvgg`` holds; each pytest-xdist worker has its own, so no two write one file.
+    Every suite then starts cold, as on a fresh machine, whatever an earlier run or the user's own
+    ``~/.cache/jaxvgg`` holds; each pytest-xdist worker has its own, so no two workers write one file.
     """
     os.environ["JAXVGG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    # The tests' own compiles go to that folder's compilation cache too, as the scripts' do: many
+    # tests build the same programs, and a worker compiles each once (107 hits in a suite, 49 s of
+    # compiles saved: docs/testing.md).
+    from jaxvgg.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")

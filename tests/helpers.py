@@ -24,8 +24,8 @@ def run_command(name: str, *args: str, check: bool = True) -> subprocess.Complet
     parsing, its one-line errors and exit status), without a second start of Python, JAX and torch.
 
     For what needs no process of its own: refusals and reports, not environment variables, signals
-    or several processes (those use :func:`run_script`). The compilation cache stays off, as it is
-    for the rest of the suite's in-process code."""
+    or several processes (those use :func:`run_script`). Its compiles use the worker's compilation
+    cache (tests/conftest.py), the folder the scripts it starts use."""
     import contextlib
     import importlib
     import io
@@ -36,7 +36,6 @@ def run_command(name: str, *args: str, check: bool = True) -> subprocess.Complet
     argv = [str(ROOT / "scripts" / name), *args]
     with (
         mock.patch.object(sys, "argv", argv),
-        mock.patch.dict(os.environ, {"JAXVGG_COMPILE_CACHE": "0"}),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
