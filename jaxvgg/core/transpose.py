@@ -2,10 +2,11 @@
 
 Every weight that crosses between PyTorch's layout and Flax's is transposed (a linear layer's
 (out, in) becomes (in, out), a convolution's OIHW becomes HWIO). numpy's own copy of a transposed
-view walks one of the two arrays a whole row apart per element; for VGG-16's first linear layer
-(4096 x 25088, 411 MB) that is ~0.6 s a copy here. Copying it in strips of a few input rows keeps
-each output cache line written whole, and the strips go to a few threads (numpy releases the GIL
-while it copies): 3x and 5x faster (docs/performance.md, "Weight exchange").
+view walks one of the two arrays a whole row apart per element, which for VGG-16's first linear
+layer (411 MB) is most of the time a checkpoint takes to convert. Copying it in strips of a few
+input rows keeps each output cache line written whole, and the strips go to a few threads (numpy
+releases the GIL while it copies). Figures: docs/performance.md, "The optimizer's state and the
+weight exchange".
 """
 
 from __future__ import annotations
