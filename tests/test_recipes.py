@@ -47,7 +47,8 @@ LEARNING_NOT_RUN = [
 NOT_YET: list[str] = []
 # The "batch 32" models above: shown at their default batch size, not at this file's 8.
 BATCH_32 = {f"vgg{d}_bn" for d in (11, 13, 16, 19)} | {"vgg16_slim_bn", "vgg16_slim", "vgg16_dsconv_bn", "vgg16_dsconv"}
-# JAXVGG_LEARNING=all runs LEARNING_NOT_RUN too, the way they were shown (~20 min more on two cores).
+# JAXVGG_LEARNING=all runs LEARNING_NOT_RUN too, the way they were shown (all 34 runs: 15 min 20 s on two
+# cores, docs/recipes.md).
 RUN = LEARNING + (LEARNING_NOT_RUN if os.environ.get("JAXVGG_LEARNING") == "all" else [])
 
 STEPS = 30  # a few dozen: the first epoch of the shapes set at batch 8
