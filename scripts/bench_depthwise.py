@@ -6,7 +6,6 @@ PyTorch: forward, forward+backward, and JAX's input and weight gradients apart (
 """
 
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -14,19 +13,14 @@ import torch
 
 from jaxvgg.core.machine import describe_cpu
 from jaxvgg.ops.conv import conv2d
+from jaxvgg.tools.commands.bench import timed
 
 # vgg16_dsconv's depthwise layers at 112 px, and a 224 px map
 SHAPES = [(112, 64), (56, 128), (28, 256), (14, 512), (7, 512), (224, 64)]
 
 
 def median_ms(fn, calls: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+    return float(np.median(timed(fn, calls)[1])) * 1e3
 
 
 def time_shape(n: int, hw: int, c: int) -> list[float]:
