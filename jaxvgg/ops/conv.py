@@ -13,12 +13,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxvgg.ops import conv_choice
+
 # "cpu": tuned for XLA:CPU (docs/performance.md): im2col + one GEMM for dense convolutions
 # (XLA's own forward convolution for stride-1 ones on large maps when not differentiated) and
 # shifted products for depthwise ones. "xla": lax.conv_general_dilated for everything, which is
 # cuDNN on a GPU. "im2col": im2col for dense convolutions, XLA for grouped ones.
 ROUTES = ("cpu", "xla", "im2col")
-# Output maps of at least this many pixels (height x width) take the XLA-forward route under "cpu".
+# With measuring off (JAXVGG_CONV_TUNING=0), output maps of at least this many pixels (height x
+# width) take the XLA-forward route under "cpu": the cut measured on an AVX2 EPYC.
 XLA_FORWARD_MIN_PIXELS = 56 * 56
 
 
@@ -54,7 +57,7 @@ def conv2d(
     """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups), by ``route``."""
     kernel = kernel.astype(x.dtype)
     check_route(route)
-    if groups == 1 and route == "cpu" and _large_stride1(x, kernel, stride, padding):
+    if groups == 1 and route == "cpu" and _xla_forward_pays(x, kernel, stride, padding):
         return _xla_forward_conv(x, kernel, padding)
     if groups == 1 and route in ("cpu", "im2col"):
         return _im2col_conv(x, kernel, stride, padding)
@@ -161,17 +164,30 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
     return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(n, oh, ow, cout)
 
 
-def _large_stride1(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> bool:
+def _xla_forward_pays(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> bool:
+    """Whether a stride-1 convolution that is not being differentiated takes XLA's forward: as
+    measured on this CPU for this shape (:mod:`jaxvgg.ops.conv_choice`), or, with measuring off,
+    for output maps of at least ``XLA_FORWARD_MIN_PIXELS``."""
     kh, kw = kernel.shape[:2]
-    oh, ow = x.shape[1] + 2 * padding - kh + 1, x.shape[2] + 2 * padding - kw + 1
-    return stride == 1 and kh * kw > 1 and oh * ow >= XLA_FORWARD_MIN_PIXELS
+    if stride != 1 or kh * kw == 1:
+        return False
+    if not conv_choice.tuning_enabled():
+        oh, ow = x.shape[1] + 2 * padding - kh + 1, x.shape[2] + 2 * padding - kw + 1
+        return oh * ow >= XLA_FORWARD_MIN_PIXELS
+    key = f"forward {'x'.join(map(str, x.shape))} {'x'.join(map(str, kernel.shape))} p{padding} {x.dtype}"
+    candidates = {
+        "xla": lambda a, b: _xla_conv(a, b, 1, padding),
+        "im2col": lambda a, b: _im2col_conv(a, b, 1, padding),
+    }
+    shapes = [(x.shape, str(x.dtype)), (kernel.shape, str(kernel.dtype))]
+    return conv_choice.fastest(key, candidates, shapes) == "xla"
 
 
-# Inference on large maps: XLA:CPU's own forward convolution beats im2col there (no 9x patch
-# buffer to write and read back): 1.3-1.7x per layer on 112 and 224 px maps (the 3-channel stem
-# even), mixed below. Whole eval steps, threshold 56x56, medians of 8 in-process alternations:
-# vgg16 at 224 px 2.83 -> 3.23 img/s, at 64 px 22.1 -> 24.9, vgg16_gap at 112 px 10.0 -> 10.6
-# (a 112x112 threshold gained about half as much).
+# Inference: XLA:CPU's own forward convolution can beat im2col (no 9x patch buffer to write and
+# read back), on which shapes depends on the CPU, so it is measured (_xla_forward_pays). On an AVX2
+# EPYC, 1.3-1.7x per layer on 112 and 224 px maps, mixed below (whole eval steps with a 56x56
+# cut: vgg16 at 224 px 2.83 -> 3.23 img/s, at 64 px 22.1 -> 24.9); on an AVX-512 EPYC it also won
+# from 8x8 maps up and lost 4x on 2x2 and 4x4 ones (docs/performance.md).
 # Training keeps im2col exactly: an XLA forward and input gradient with an im2col weight
 # gradient won per layer but lost in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s,
 # student_cnn at 112 px 77 -> 68, in-process A/B), so under differentiation the primal is

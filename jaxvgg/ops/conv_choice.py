@@ -1,0 +1,123 @@
+"""Which forward a convolution takes when it is not differentiated, measured on this CPU.
+
+``torch.backends.cudnn.benchmark`` for XLA:CPU: the first time a shape is traced, each candidate
+forward (XLA's own convolution, im2col + GEMM) is compiled alone and timed, and the faster one is
+kept in ``$JAXVGG_CACHE/conv-routes.json`` under this machine's key (CPU model and extensions,
+core count, jax version, ``XLA_FLAGS``), so later runs on the same kind of machine trace at once.
+
+Why measure: the faster forward depends on the shape *and* the CPU. On a 2-core AMD EPYC with
+AVX-512, XLA's convolution won the 8x8 to 112x112 maps of vgg16 at 64 px (eval 53.6 -> 63.1
+img/s) and was 4x slower on the 2x2/4x4 maps of vgg16 at 32 px (146 -> 34 img/s); on an AVX2
+EPYC it won only from 56x56 up (docs/performance.md). A fixed threshold is right on one CPU.
+
+``JAXVGG_CONV_TUNING=0`` turns measuring off: the fixed rule decides (the test suite runs so,
+for its time; tests/test_conv_choice.py measures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from jaxvgg.core.atomic import write_json
+from jaxvgg.core.cache import cache_dir
+from jaxvgg.core.errors import UserError
+from jaxvgg.core.machine import describe_cpu
+from jaxvgg.ops.compiler import inference_options
+
+FILE_NAME = "conv-routes.json"
+# A candidate is timed until this much time has gone into it (at least two calls after a warm-up);
+# its fastest call counts.
+TIME_PER_CANDIDATE_S = 0.1
+
+_lock = threading.Lock()
+_table: dict[str, dict] | None = None
+_told = False
+
+
+def tuning_enabled() -> bool:
+    return os.environ.get("JAXVGG_CONV_TUNING", "1") != "0" and jax.default_backend() == "cpu"
+
+
+def machine_key() -> str:
+    """What a measurement holds for: the CPU, the jax that compiled it, and XLA's flags."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"{describe_cpu()}; jax {jax.__version__}" + (f"; XLA_FLAGS={flags}" if flags else "")
+
+
+def routes_file():
+    return cache_dir() / FILE_NAME
+
+
+def fastest(key: str, candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...], str]]) -> str:
+    """The name of the fastest of ``candidates`` (functions of arrays of ``shapes``: (shape, dtype)
+    pairs), measured once for ``key`` on this machine and remembered on disk."""
+    with _lock:
+        table = _load()
+        if key not in table:
+            table[key] = _measure(candidates, shapes)
+            _save(key, table[key])
+        return table[key]["route"]
+
+
+def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...], str]]) -> dict:
+    global _told
+    if not _told:
+        print(f"measuring convolution forwards on this CPU, once per shape (kept in {routes_file()})", file=sys.stderr)
+        _told = True
+    rng = np.random.default_rng(0)
+    ms: dict[str, float] = {}
+    # Tracing a model is under way: without this, every call below would be staged into that trace.
+    with jax.ensure_compile_time_eval():
+        args = [jax.device_put(rng.standard_normal(shape).astype(dtype)) for shape, dtype in shapes]
+        for name, fn in candidates.items():
+            compiled = jax.jit(fn, compiler_options=inference_options()).lower(*args).compile()
+            jax.block_until_ready(compiled(*args))
+            times: list[float] = []
+            while len(times) < 2 or sum(times) < TIME_PER_CANDIDATE_S:
+                start = time.perf_counter()
+                jax.block_until_ready(compiled(*args))
+                times.append(time.perf_counter() - start)
+            ms[name] = round(1e3 * min(times), 3)
+    return {"route": min(ms, key=ms.__getitem__), "ms": ms}
+
+
+def _load() -> dict[str, dict]:
+    global _table
+    if _table is None:
+        _table = dict(_read().get(machine_key(), {}))
+    return _table
+
+
+def _read() -> dict:
+    try:
+        data = json.loads(routes_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save(key: str, entry: dict) -> None:
+    """Merged into what is on disk now (another process may have added shapes); a cache folder
+    that cannot be written leaves the choice in memory only."""
+    data = _read()
+    data.setdefault(machine_key(), {})[key] = entry
+    try:
+        routes_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json(routes_file(), data)
+    except (OSError, UserError):
+        pass
+
+
+def forget() -> None:
+    """Drop what this process has read (tests; a changed ``JAXVGG_CACHE``)."""
+    global _table
+    with _lock:
+        _table = None

@@ -1,0 +1,89 @@
+"""The forward a convolution takes when not differentiated is measured per shape on this CPU,
+once, and kept on disk under this machine's key (jaxvgg.ops.conv_choice)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvgg
+from jaxvgg.ops import conv_choice
+
+
+@pytest.fixture
+def measuring(tmp_path, monkeypatch):
+    """Measuring on, into a cache folder of the test's own; the process's table forgotten."""
+    monkeypatch.setenv("JAXVGG_CONV_TUNING", "1")
+    monkeypatch.setenv("JAXVGG_CACHE", str(tmp_path))
+    conv_choice.forget()
+    yield tmp_path / conv_choice.FILE_NAME
+    conv_choice.forget()
+
+
+def slow(x):
+    for _ in range(40):
+        x = jnp.tanh(x @ x) / 2
+    return x
+
+
+def test_the_faster_candidate_is_chosen_and_kept_under_this_machines_key(measuring):
+    shapes = [((192, 192), "float32")]
+    assert conv_choice.fastest("case", {"slow": slow, "fast": jnp.negative}, shapes) == "fast"
+    assert conv_choice.fastest("case 2", {"fast": jnp.negative, "slow": slow}, shapes) == "fast"
+    table = json.loads(measuring.read_text())
+    entry = table[conv_choice.machine_key()]["case"]
+    assert entry["route"] == "fast" and entry["ms"]["slow"] > entry["ms"]["fast"]
+    assert f"; jax {jax.__version__}" in conv_choice.machine_key()
+
+
+def test_a_shape_is_measured_once_then_read_back_by_a_new_process(measuring, monkeypatch):
+    model = jaxvgg.create_model("student_cnn", 3, image_size=32)
+    variables = jaxvgg.init_variables(model, 32)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    forward = jax.jit(lambda v, x: model.apply(v, x))
+    measured = np.asarray(forward(variables, x))
+    keys = set(json.loads(measuring.read_text())[conv_choice.machine_key()])
+    assert keys and all(k.startswith("forward 2x") for k in keys), keys
+
+    conv_choice.forget()  # as a new process would start: from the file alone
+
+    def refuse(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(conv_choice, "_measure", refuse)
+    again = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))
+    np.testing.assert_allclose(again, measured, rtol=0, atol=0)
+
+    monkeypatch.setenv("JAXVGG_CONV_TUNING", "0")  # the fixed rule: the same logits to rounding
+    ruled = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))
+    np.testing.assert_allclose(ruled, measured, rtol=1e-5, atol=1e-5)
+
+
+def test_another_machines_choices_are_neither_used_nor_lost(measuring):
+    other = {"Some other CPU, 64 cores; jax 0.0": {"case": {"route": "slow", "ms": {"slow": 1.0, "fast": 2.0}}}}
+    measuring.write_text(json.dumps(other))
+    shapes = [((192, 192), "float32")]
+    assert conv_choice.fastest("case", {"slow": slow, "fast": jnp.negative}, shapes) == "fast"
+    table = json.loads(measuring.read_text())
+    assert table["Some other CPU, 64 cores; jax 0.0"] == other["Some other CPU, 64 cores; jax 0.0"]
+    assert table[conv_choice.machine_key()]["case"]["route"] == "fast"
+
+
+def test_an_unwritable_cache_folder_still_chooses(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("JAXVGG_CONV_TUNING", "1")
+    monkeypatch.setenv("JAXVGG_CACHE", str(blocker / "cache"))
+    conv_choice.forget()
+    try:
+        assert conv_choice.fastest("case", {"slow": slow, "fast": jnp.negative}, [((192, 192), "float32")]) == "fast"
+        assert not (blocker / "cache").exists()
+    finally:
+        conv_choice.forget()
+
+
+def test_initialising_measures_nothing(measuring):
+    jaxvgg.init_variables(jaxvgg.create_model("vgg16_gap", 3), 32)
+    assert not measuring.exists()
