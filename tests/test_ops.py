@@ -179,3 +179,33 @@ def test_an_int8_forward_keeps_ynnpack_fusions():
 
     assert "__ynn_fusion" in hlo(inference_options("cpu", int8=True))
     assert "__ynn_fusion" not in hlo(inference_options("cpu")), "the float route turns them off"
+
+
+@pytest.mark.parametrize("map_size", [(1, 1), (2, 2), (3, 3), (2, 3)])
+def test_a_pool_folded_into_the_kernel_after_it_is_the_pool_then_the_kernel(map_size):
+    """flatten(adaptive_avg_pool2d(x, 7x7)) @ kernel == x.reshape(N, -1) @ fold(kernel), and so are
+    both gradients (float64)."""
+    h, w = map_size
+    rng = np.random.RandomState(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.randn(3, h, w, 5))
+        kernel = jnp.asarray(rng.randn(5 * 7 * 7, 4))
+
+        def pooled(x, k):
+            chw = ops.adaptive_avg_pool2d(x, (7, 7)).transpose(0, 3, 1, 2).reshape(3, -1)
+            return chw @ k
+
+        def folded(x, k):
+            return x.reshape(3, -1) @ ops.fold_pool_into_kernel(k, (h, w), (7, 7))
+
+        def loss(f, x, k):
+            y = f(x, k)
+            return jnp.sum(y * jnp.cos(y))
+
+        np.testing.assert_allclose(folded(x, kernel), pooled(x, kernel), rtol=1e-12, atol=1e-12)
+        for got, want in zip(
+            jax.grad(lambda a, b: loss(folded, a, b), (0, 1))(x, kernel),
+            jax.grad(lambda a, b: loss(pooled, a, b), (0, 1))(x, kernel),
+            strict=True,
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

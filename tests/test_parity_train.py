@@ -307,3 +307,46 @@ def test_resnet50_train_mode_batchnorm_statistics_match_torch():
     assert len(stats) == 2 * 53
     for key in stats:
         assert rel_err(got[key], model.state_dict()[key].numpy()) <= 1e-4, key
+
+
+def test_training_through_the_pool_folded_into_the_first_fc_layer_gives_torchs_gradients(monkeypatch):
+    """Below 64 px, training folds VGG's adaptive pool (a 1x1 map copied to 7x7) into the first FC
+    layer's kernel; the gradients are torch's unfolded ones, in float64. Dropout is off on both
+    sides so that the two compute one function."""
+    import flax.linen as nn
+
+    import jaxvgg.models.vgg
+
+    monkeypatch.setattr(jaxvgg.models.vgg, "DROPOUT_RATE", 0.0)
+    name, size = "vgg16_slim", 32
+    x = np.random.RandomState(0).randn(2, 3, size, size)
+    y = np.array([0, 2])
+    model, flax_model, variables, opts = torch_and_flax(name, size)
+    model = model.double().train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    expected = {k: p.grad.numpy() for k, p in model.named_parameters()}
+
+    folded_calls = []
+
+    def record(next_fun, args, kwargs, context):
+        if kwargs.get("pool"):
+            folded_calls.append(context.module.name)
+        return next_fun(*args, **kwargs)
+
+    with jax.enable_x64(True), nn.intercept_methods(record):
+
+        def loss_fn(params):
+            logits = flax_model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True)
+            return cross_entropy(logits, jnp.asarray(y), jnp.ones(2, jnp.float64))[0]
+
+        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), variables["params"])
+        jax_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params64)
+        assert float(jax_loss) == pytest.approx(loss.item(), rel=1e-12)
+        got = flax_to_torch(name, {"params": jax.tree.map(np.asarray, grads)}, **opts)
+    assert folded_calls == ["classifier_0"], "the folded route was not taken"
+    for key in expected:
+        assert rel_err(got[key], expected[key]) <= 1e-9, key

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvgg.ops.conv import adaptive_avg_pool2d, conv2d, max_pool2d
+from jaxvgg.ops.conv import adaptive_avg_pool2d, conv2d, fold_pool_into_kernel, max_pool2d
 
 Initializer = nn.initializers.Initializer
 
@@ -102,8 +102,10 @@ class Linear(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        in_features = x.shape[-1]
+    def __call__(self, x: jax.Array, train: bool = False, pool: tuple[int, int] | None = None) -> jax.Array:
+        """``pool``: ``x`` is the NHWC map that torch's ``AdaptiveAvgPool2d(pool)`` and flatten would
+        turn into this layer's input; the pool is folded into the kernel instead (same parameters)."""
+        in_features = x.shape[-1] * pool[0] * pool[1] if pool else x.shape[-1]
         if self.init != "torch":
             kernel_init, bias_init = nn.initializers.normal(0.01), nn.initializers.zeros
         else:
@@ -111,6 +113,9 @@ class Linear(nn.Module):
         kernel = self.param("kernel", kernel_init, (in_features, self.out_features))
         bias = self.param("bias", bias_init, (self.out_features,))
         dtype = self.dtype or x.dtype
+        if pool:
+            kernel = fold_pool_into_kernel(kernel, x.shape[1:3], pool)
+            x = x.reshape(x.shape[0], -1)
         return x.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
 
 

@@ -73,10 +73,23 @@ class VGG(nn.Module):
         return self._head(run(self.features[self._cut(layer) :], x, train), train)
 
     def _head(self, x: jax.Array, train: bool) -> jax.Array:
+        if train and self._pool_copies_one_cell(x):
+            # Below 64 px the map is 1x1 and the pool copies it 49 times, which the first FC layer
+            # then multiplies: folded into that layer's kernel, its GEMMs are 49x smaller and its
+            # weight gradient a broadcast. Training only, and 1x1 maps only: folding the kernel
+            # cost more than it saved in inference and on 3x3 maps (docs/performance.md).
+            x = self.classifier[0](x, train, pool=tuple(self.avgpool.output_size))
+            return at_least_float32(run(self.classifier[1:], x, train))
         if self.avgpool is not None:
             x = self.avgpool(x)
         x = flatten(x)
         return at_least_float32(run(self.classifier, x, train))
+
+    def _pool_copies_one_cell(self, x: jax.Array) -> bool:
+        """Whether the adaptive pool before the first linear layer copies a 1x1 map to a larger one."""
+        if self.avgpool is None or not isinstance(self.classifier[0], Linear) or self.is_initializing():
+            return False
+        return x.shape[1:3] == (1, 1) and tuple(self.avgpool.output_size) != (1, 1)
 
     def _cut(self, layer: str) -> int:
         """How many feature layers run up to and including ``layer``."""

@@ -242,6 +242,17 @@ def adaptive_avg_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array
     return jnp.einsum("nhwc,ph,qw->npqc", x, rows, cols)
 
 
+def fold_pool_into_kernel(kernel: jax.Array, map_size: tuple[int, int], output_size: tuple[int, int]) -> jax.Array:
+    """A linear layer's (C*oh*ow, O) kernel, in torch's CHW flatten order, with the adaptive average
+    pool from ``map_size`` to ``output_size`` before it folded in: a (H*W*C, O) kernel that takes the
+    NHWC map itself, flattened. Both are linear, so ``flatten(pool(x)) @ kernel`` is
+    ``x.reshape(N, -1) @ fold_pool_into_kernel(kernel, ...)``."""
+    (h, w), (oh, ow) = map_size, output_size
+    k = kernel.reshape(-1, oh, ow, kernel.shape[-1])
+    folded = jnp.einsum("cpqo,ph,qw->hwco", k, _pool_matrix(h, oh, k.dtype), _pool_matrix(w, ow, k.dtype))
+    return folded.reshape(-1, kernel.shape[-1])
+
+
 def _pool_matrix(size: int, out: int, dtype) -> jax.Array:
     i = jnp.arange(out)
     start = (i * size) // out
