@@ -38,6 +38,17 @@ def test_the_faster_candidate_is_chosen_and_kept_under_this_machines_key(measuri
     assert f"; jax {jax.__version__}" in conv_choice.machine_key()
 
 
+def test_a_bfloat16_convolution_is_measured_too(measuring):
+    """--precision bf16 traces its convolutions in bfloat16: they are measured, and kept, as such."""
+    from jaxvgg.ops.conv import conv2d
+
+    x, k = jnp.ones((2, 8, 8, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 8), jnp.bfloat16)
+    y = jax.jit(lambda x, k: conv2d(x, k, padding=1))(x, k)
+    assert y.dtype == jnp.bfloat16 and float(y[0, 4, 4, 0]) == 36.0
+    (key,) = json.loads(measuring.read_text())[conv_choice.machine_key()]
+    assert key.endswith("bfloat16")
+
+
 def test_a_shape_is_measured_once_then_read_back_by_a_new_process(measuring, monkeypatch):
     model = jaxvgg.create_model("student_cnn", 3, image_size=32)
     variables = jaxvgg.init_variables(model, 32)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxvgg.core.atomic import write_json
@@ -76,7 +77,7 @@ def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...]
     ms: dict[str, float] = {}
     # Tracing a model is under way: without this, every call below would be staged into that trace.
     with jax.ensure_compile_time_eval():
-        args = [jax.device_put(rng.standard_normal(shape).astype(dtype)) for shape, dtype in shapes]
+        args = [jax.device_put(rng.standard_normal(shape).astype(jnp.dtype(dtype))) for shape, dtype in shapes]
         for name, fn in candidates.items():
             compiled = jax.jit(fn, compiler_options=inference_options()).lower(*args).compile()
             jax.block_until_ready(compiled(*args))
