@@ -10,7 +10,9 @@ the steps of :func:`jaxvgg.train.steps.compile_steps`, torch :func:`torchref.tra
 Prints a table and writes JSON (--json). Each framework runs in its own child process, so peak
 memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
 is the time to the first finished train step, compilation included (the persistent compilation
-cache is off here, so it is a cold compile). Achieved FLOP/s counts 2 x multiply-adds x 3
+cache is off here, so it is a cold compile; on a CPU new to the model's shapes the first JAX
+child also measures their convolution forwards, jaxvgg.ops.conv_choice, which later ones read).
+Achieved FLOP/s counts 2 x multiply-adds x 3
 (forward + two backward products) per training image; "%pk" divides it by the device's peak
 (GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
 --repeats N runs each framework N times, alternating, and reports medians: use it on a shared
