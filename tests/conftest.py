@@ -9,8 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Script subprocesses skip the allocator settings of jaxvgg.core.hostmem: tests are compile-bound, and
 # a slice of the suite ran 15% slower with them; test_hostmem and the bench test turn them on.
 os.environ.setdefault("JAXVGG_MALLOC", "0")
-# Convolution forwards are chosen by the fixed rule, not measured per shape: measuring would add a
-# second or so for every new shape the suite traces (jaxvgg.ops.conv_choice; test_conv_choice
+# Convolution forwards are chosen by the fixed rule, not measured per shape: measuring would add up
+# to a few seconds for every new shape the suite traces (jaxvgg.ops.conv_choice; test_conv_choice
 # measures). Both forwards are checked against float64 in test_ops either way.
 os.environ.setdefault("JAXVGG_CONV_TUNING", "0")
 

@@ -98,3 +98,40 @@ def test_an_unwritable_cache_folder_still_chooses(tmp_path, monkeypatch):
 def test_initialising_measures_nothing(measuring):
     jaxvgg.init_variables(jaxvgg.create_model("vgg16_gap", 3), 32)
     assert not measuring.exists()
+
+
+@pytest.mark.parametrize("route", ["xla", "im2col"])
+def test_the_program_traced_takes_the_route_on_file(measuring, route):
+    from jaxvgg.ops.conv import conv2d
+
+    x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
+    key = "forward 2x8x8x4 3x3x4x8 p1 float32"
+    measuring.write_text(json.dumps({conv_choice.machine_key(): {key: {"route": route, "ms": {}}}}))
+    text = jax.jit(lambda x, k: conv2d(x, k, padding=1)).lower(x, k).as_text()
+    assert ("convolution" in text) == (route == "xla")
+
+
+def test_training_measures_nothing(measuring):
+    """A train step traces only the forward rule it differentiates (im2col's), never the choice."""
+    model = jaxvgg.create_model("student_cnn", 3, image_size=32)
+    variables = jaxvgg.init_variables(model, 32)
+    x = jnp.ones((2, 32, 32, 3))
+    grads = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x, train=True) ** 2)))(variables)
+    assert jax.tree.leaves(grads) and not measuring.exists()
+
+
+def test_a_parameter_table_measures_nothing(measuring):
+    from jaxvgg.summary import model_macs
+
+    assert model_macs("vgg16_gap", 32) > 0
+    assert not measuring.exists()
+
+
+def test_malformed_entries_are_measured_again_and_replaced(measuring):
+    shapes = [((192, 192), "float32")]
+    key = conv_choice.machine_key()
+    for bad in ({key: {"case": {"ms": {}}}}, {key: ["not", "a", "table"]}, {key: {"case": "xla"}}):
+        measuring.write_text(json.dumps(bad))
+        conv_choice.forget()
+        assert conv_choice.fastest("case", {"slow": slow, "fast": jnp.negative}, shapes) == "fast"
+        assert json.loads(measuring.read_text())[key]["case"]["route"] == "fast"

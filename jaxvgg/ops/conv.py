@@ -2,7 +2,10 @@
 
 The route is a field of each convolution layer, chosen when the model is built
 (:func:`jaxvgg.models.create_model`'s ``conv_route``; by default :func:`route_for_platform`),
-so it is part of what ``jax.jit`` traces and caches, never a switch read behind its back.
+so it is part of what ``jax.jit`` traces and caches. Under ``cpu`` one more choice is made when a
+forward that is not differentiated is traced: XLA's convolution or im2col's, by what was measured
+faster for the shape on this CPU (:mod:`jaxvgg.ops.conv_choice`); a function already traced keeps
+the choice it was traced with.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from jax import lax
 from jaxvgg.ops import conv_choice
 
 # "cpu": tuned for XLA:CPU (docs/performance.md): im2col + one GEMM for dense convolutions
-# (XLA's own forward convolution for stride-1 ones on large maps when not differentiated) and
+# (XLA's own forward convolution for stride-1 ones where it was measured faster, when not
+# differentiated) and
 # shifted products for depthwise ones. "xla": lax.conv_general_dilated for everything, which is
 # cuDNN on a GPU. "im2col": im2col for dense convolutions, XLA for grouped ones.
 ROUTES = ("cpu", "xla", "im2col")
@@ -57,8 +61,8 @@ def conv2d(
     """NHWC x HWIO -> NHWC, torch ``Conv2d`` semantics (symmetric zero padding, groups), by ``route``."""
     kernel = kernel.astype(x.dtype)
     check_route(route)
-    if groups == 1 and route == "cpu" and _xla_forward_pays(x, kernel, stride, padding):
-        return _xla_forward_conv(x, kernel, padding)
+    if groups == 1 and route == "cpu" and stride == 1 and kernel.shape[0] * kernel.shape[1] > 1:
+        return _measured_forward_conv(x, kernel, padding)
     if groups == 1 and route in ("cpu", "im2col"):
         return _im2col_conv(x, kernel, stride, padding)
     if route == "cpu" and groups == x.shape[-1] == kernel.shape[-1]:
@@ -164,14 +168,12 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
     return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(n, oh, ow, cout)
 
 
-def _xla_forward_pays(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> bool:
+def _xla_forward_pays(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
     """Whether a stride-1 convolution that is not being differentiated takes XLA's forward: as
-    measured on this CPU for this shape (:mod:`jaxvgg.ops.conv_choice`), or, with measuring off,
-    for output maps of at least ``XLA_FORWARD_MIN_PIXELS``."""
+    measured on this CPU for this shape (:mod:`jaxvgg.ops.conv_choice`), or, where nothing is
+    measured, for output maps of at least ``XLA_FORWARD_MIN_PIXELS``."""
     kh, kw = kernel.shape[:2]
-    if stride != 1 or kh * kw == 1:
-        return False
-    if not conv_choice.tuning_enabled():
+    if not conv_choice.measuring_allowed():
         oh, ow = x.shape[1] + 2 * padding - kh + 1, x.shape[2] + 2 * padding - kw + 1
         return oh * ow >= XLA_FORWARD_MIN_PIXELS
     key = f"forward {'x'.join(map(str, x.shape))} {'x'.join(map(str, kernel.shape))} p{padding} {x.dtype}"
@@ -192,20 +194,24 @@ def _xla_forward_pays(x: jax.Array, kernel: jax.Array, stride: int, padding: int
 # gradient won per layer but lost in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s,
 # student_cnn at 112 px 77 -> 68, in-process A/B), so under differentiation the primal is
 # im2col's and so is its VJP.
+# The choice is made in the primal's body, which JAX traces only where the forward is not
+# differentiated (a train step traces the forward rule alone), so training never measures.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _xla_forward_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    return _xla_conv(x, kernel, 1, padding)
+def _measured_forward_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    if _xla_forward_pays(x, kernel, padding):
+        return _xla_conv(x, kernel, 1, padding)
+    return _im2col_conv(x, kernel, 1, padding)
 
 
-def _xla_forward_conv_fwd(x, kernel, padding):
+def _measured_forward_conv_fwd(x, kernel, padding):
     return jax.vjp(lambda a, b: _im2col_conv(a, b, 1, padding), x, kernel)
 
 
-def _xla_forward_conv_bwd(padding, im2col_vjp, g):
+def _measured_forward_conv_bwd(padding, im2col_vjp, g):
     return im2col_vjp(g)
 
 
-_xla_forward_conv.defvjp(_xla_forward_conv_fwd, _xla_forward_conv_bwd)
+_measured_forward_conv.defvjp(_measured_forward_conv_fwd, _measured_forward_conv_bwd)
 
 
 def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0) -> jax.Array:

@@ -11,17 +11,20 @@ img/s) and was 4x slower on the 2x2/4x4 maps of vgg16 at 32 px (146 -> 34 img/s)
 EPYC it won only from 56x56 up (docs/performance.md). A fixed threshold is right on one CPU.
 
 ``JAXVGG_CONV_TUNING=0`` turns measuring off: the fixed rule decides (the test suite runs so,
-for its time; tests/test_conv_choice.py measures).
+for its time; tests/test_conv_choice.py measures). Deleting the file measures afresh. The shape
+timed is the one traced: under a batch-sharded ``jit`` the global batch, on one device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +46,43 @@ _table: dict[str, dict] | None = None
 _told = False
 
 
-def tuning_enabled() -> bool:
-    return os.environ.get("JAXVGG_CONV_TUNING", "1") != "0" and jax.default_backend() == "cpu"
+_rule_only = contextvars.ContextVar("rule_only", default=False)
+
+
+def measuring_allowed() -> bool:
+    """Whether a shape not yet measured is measured now; where not, the fixed rule decides.
+
+    Not on other backends, not with ``JAXVGG_CONV_TUNING=0``, not inside :func:`rule_only`, and
+    not in a run of several processes: each would time on its own, maybe on the same cores at
+    once, and could compile one program with different choices."""
+    return (
+        os.environ.get("JAXVGG_CONV_TUNING", "1") != "0"
+        and not _rule_only.get()
+        and jax.default_backend() == "cpu"
+        and jax.process_count() == 1
+    )
+
+
+@contextlib.contextmanager
+def rule_only() -> Iterator[None]:
+    """Trace with the fixed rule: for shape-only passes (``jax.eval_shape``), which compute nothing."""
+    token = _rule_only.set(True)
+    try:
+        yield
+    finally:
+        _rule_only.reset(token)
 
 
 def machine_key() -> str:
-    """What a measurement holds for: the CPU, the jax that compiled it, and XLA's flags."""
+    """What a measurement holds for: the CPU, the jax that compiled it, XLA's flags, and whether
+    glibc's allocator keeps freed memory (im2col's patch buffers depend on it, jaxvgg.core.hostmem)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    return f"{describe_cpu()}; jax {jax.__version__}" + (f"; XLA_FLAGS={flags}" if flags else "")
+    malloc = os.environ.get("JAXVGG_MALLOC", "1") == "0"
+    return (
+        f"{describe_cpu()}; jax {jax.__version__}"
+        + (f"; XLA_FLAGS={flags}" if flags else "")
+        + ("; JAXVGG_MALLOC=0" if malloc else "")
+    )
 
 
 def routes_file():
@@ -93,8 +125,15 @@ def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...]
 def _load() -> dict[str, dict]:
     global _table
     if _table is None:
-        _table = dict(_read().get(machine_key(), {}))
+        _table = _entries(_read().get(machine_key()))
     return _table
+
+
+def _entries(table: object) -> dict[str, dict]:
+    """The well-formed entries of one machine's table; anything else is as if never measured."""
+    if not isinstance(table, dict):
+        return {}
+    return {k: v for k, v in table.items() if isinstance(v, dict) and isinstance(v.get("route"), str)}
 
 
 def _read() -> dict:
@@ -106,10 +145,11 @@ def _read() -> dict:
 
 
 def _save(key: str, entry: dict) -> None:
-    """Merged into what is on disk now (another process may have added shapes); a cache folder
-    that cannot be written leaves the choice in memory only."""
+    """Merged into what is on disk now, so another process's shapes are kept unless it writes
+    between our read and our write (then one of the two measures that shape again); a cache
+    folder that cannot be written leaves the choice in memory only."""
     data = _read()
-    data.setdefault(machine_key(), {})[key] = entry
+    data[machine_key()] = {**_entries(data.get(machine_key())), key: entry}
     try:
         routes_file().parent.mkdir(parents=True, exist_ok=True)
         write_json(routes_file(), data)
