@@ -61,6 +61,26 @@ def test_class_weighted_loss_and_its_gradient_equal_torchs():
     assert np.all(np.asarray(grad)[6] == 0)
 
 
+def gradients_in_float64(name, size, x, y, torch_model, flax_model, variables, opts):
+    """(torch's loss, its gradients by parameter name, JAX's loss, JAX's gradients in torch's names)
+    of one train-mode cross-entropy step on ``x`` (NCHW), both frameworks in float64."""
+    torch_model = torch_model.double().train()
+    loss = torch.nn.functional.cross_entropy(torch_model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    expected = {k: p.grad.numpy() for k, p in torch_model.named_parameters()}
+    with jax.enable_x64(True):
+
+        def loss_fn(params):
+            logits = flax_model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True)
+            return cross_entropy(logits, jnp.asarray(y), jnp.ones(len(y), jnp.float64))[0]
+
+        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), variables["params"])
+        # jitted: op by op, vgg16_gap's float64 gradient took ~30 s of dispatch
+        jax_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params64)
+        got = flax_to_torch(name, {"params": jax.tree.map(np.asarray, grads)}, **opts)
+    return loss.item(), expected, float(jax_loss), got
+
+
 @pytest.mark.parametrize("name", ["student_cnn", "vgg16_gap"])
 def test_gradients_agree(name):
     """In float64 on both sides, so the test sees the maths and not a float32 near-tie: rounding in
@@ -69,25 +89,9 @@ def test_gradients_agree(name):
     which moves the first layer's float32 gradient by 1%), whichever framework computes it."""
     size = 32
     x = np.random.RandomState(0).randn(4, 3, size, size)
-    model, flax_model, variables, opts = torch_and_flax(name, size)
-    model = model.double()
     y = np.array([0, 1, 2, 1])
-    model.train()
-    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
-    loss.backward()
-    expected = {k: p.grad.numpy() for k, p in model.named_parameters()}
-
-    with jax.enable_x64(True):
-
-        def loss_fn(params):
-            logits = flax_model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True)
-            return cross_entropy(logits, jnp.asarray(y), jnp.ones(4, jnp.float64))[0]
-
-        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), variables["params"])
-        # jitted: op by op, vgg16_gap's float64 gradient took ~30 s of dispatch
-        jax_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params64)
-        assert float(jax_loss) == pytest.approx(loss.item(), rel=1e-12)
-        got = flax_to_torch(name, {"params": jax.tree.map(np.asarray, grads)}, **opts)
+    torch_loss, expected, jax_loss, got = gradients_in_float64(name, size, x, y, *torch_and_flax(name, size))
+    assert jax_loss == pytest.approx(torch_loss, rel=1e-12)
     assert set(got) == set(expected)
     for key in expected:
         assert rel_err(got[key], expected[key]) <= 1e-9, key
@@ -322,14 +326,9 @@ def test_training_through_the_pool_folded_into_the_first_fc_layer_gives_torchs_g
     x = np.random.RandomState(0).randn(2, 3, size, size)
     y = np.array([0, 2])
     model, flax_model, variables, opts = torch_and_flax(name, size)
-    model = model.double().train()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
-    loss.backward()
-    expected = {k: p.grad.numpy() for k, p in model.named_parameters()}
-
     folded_calls = []
 
     def record(next_fun, args, kwargs, context):
@@ -337,16 +336,9 @@ def test_training_through_the_pool_folded_into_the_first_fc_layer_gives_torchs_g
             folded_calls.append(context.module.name)
         return next_fun(*args, **kwargs)
 
-    with jax.enable_x64(True), nn.intercept_methods(record):
-
-        def loss_fn(params):
-            logits = flax_model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), train=True)
-            return cross_entropy(logits, jnp.asarray(y), jnp.ones(2, jnp.float64))[0]
-
-        params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), variables["params"])
-        jax_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params64)
-        assert float(jax_loss) == pytest.approx(loss.item(), rel=1e-12)
-        got = flax_to_torch(name, {"params": jax.tree.map(np.asarray, grads)}, **opts)
+    with nn.intercept_methods(record):
+        torch_loss, expected, jax_loss, got = gradients_in_float64(name, size, x, y, model, flax_model, variables, opts)
+    assert jax_loss == pytest.approx(torch_loss, rel=1e-12)
     assert folded_calls == ["classifier_0"], "the folded route was not taken"
     for key in expected:
         assert rel_err(got[key], expected[key]) <= 1e-9, key

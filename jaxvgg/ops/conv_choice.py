@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,7 @@ def machine_key() -> str:
     )
 
 
-def routes_file():
+def routes_file() -> Path:
     return cache_dir() / FILE_NAME
 
 
