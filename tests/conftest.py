@@ -29,6 +29,7 @@ def pin_to_own_cores() -> None:
         return
     cores, count = sorted(os.sched_getaffinity(0)), int(count)
     if count > 1 and len(cores) >= count:
+        os.environ["JAXVGG_TEST_ALL_CORES"] = ",".join(map(str, cores))  # for tests/helpers.on_all_cores
         os.sched_setaffinity(0, cores[int(worker[2:]) % count :: count])
 
 

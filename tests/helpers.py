@@ -10,6 +10,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def on_all_cores(pid: int) -> None:
+    """Let a process this test started use every core again, not only its pinned worker's
+    (tests/conftest.py): processes that wait on each other, such as the ranks of one distributed
+    run, lose more sharing one core than they gain from leaving the other worker its own."""
+    cores = os.environ.get("JAXVGG_TEST_ALL_CORES")
+    if cores:
+        os.sched_setaffinity(pid, [int(c) for c in cores.split(",")])
+
+
 def run_script(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``scripts/<name>`` in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

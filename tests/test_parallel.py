@@ -15,7 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, one_line_error, run_script
+from helpers import ROOT, on_all_cores, one_line_error, run_script
 
 from jaxvgg.train.last_state import LastStates
 
@@ -35,6 +35,8 @@ def run_together(commands: list[list[str]], env: dict[str, str], timeout: float 
     procs = [
         subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env) for c in commands
     ]
+    for p in procs:
+        on_all_cores(p.pid)
     try:
         outs = [p.communicate(timeout=timeout) for p in procs]
     finally:
