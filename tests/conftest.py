@@ -1,8 +1,33 @@
 import os
 
-import numpy as np
-import pytest
-from PIL import Image
+
+def pin_to_own_cores() -> None:
+    """Each pytest-xdist worker, and the processes it starts, keep to the worker's share of the cores
+    (the ranks of one distributed run get them all back: helpers.on_all_cores).
+
+    Unpinned, both workers' PyTorch and XLA thread pools size themselves to every core, so on two
+    cores four compute threads contend: a `vgg16_bn` learning run at batch 32 took 107 s in
+    PyTorch and 71 s in JAX next to another such run, 46 s and 60 s with each process on a core of
+    its own (docs/recipes.md, "All 17 in the suite"). Runs before numpy, JAX or torch is imported,
+    so their pools are sized by the mask. `-n 0`, or more workers than cores, leaves it alone.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker.startswith("gw") and count and hasattr(os, "sched_setaffinity")):
+        return
+    cores, count = sorted(os.sched_getaffinity(0)), int(count)
+    if count > 1 and len(cores) >= count:
+        os.environ["JAXVGG_TEST_ALL_CORES"] = ",".join(map(str, cores))  # for tests/helpers.on_all_cores
+        own = cores[int(worker[2:]) % count :: count]
+        # every thread already running too (execnet's, a plugin's): a mask binds only its own thread
+        for thread in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
+            os.sched_setaffinity(int(thread), own)
+
+
+pin_to_own_cores()
+
+import numpy as np  # noqa: E402  (after the pinning: numpy starts its BLAS threads on import)
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 # Tests run on the CPU with two cores; keep XLA from oversubscribing them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,27 +38,6 @@ os.environ.setdefault("JAXVGG_MALLOC", "0")
 # to a few seconds for every new shape the suite traces (jaxvgg.ops.conv_choice; test_conv_choice
 # measures). Both forwards are checked against float64 in test_ops either way.
 os.environ.setdefault("JAXVGG_CONV_TUNING", "0")
-
-
-def pin_to_own_cores() -> None:
-    """Each pytest-xdist worker (and every process it starts) keeps to its own share of the cores.
-
-    Unpinned, both workers' PyTorch and XLA thread pools size themselves to every core, so on two
-    cores four compute threads contend: a `vgg16_bn` learning run at batch 32 took 107 s in
-    PyTorch and 71 s in JAX next to another such run, 46 s and 60 s with each process on a core of
-    its own (docs/testing.md). Runs here before JAX or torch is imported, so both pools are sized by
-    the affinity mask; `-n 0`, or more workers than cores, leaves it alone.
-    """
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker.startswith("gw") and count and hasattr(os, "sched_setaffinity")):
-        return
-    cores, count = sorted(os.sched_getaffinity(0)), int(count)
-    if count > 1 and len(cores) >= count:
-        os.environ["JAXVGG_TEST_ALL_CORES"] = ",".join(map(str, cores))  # for tests/helpers.on_all_cores
-        os.sched_setaffinity(0, cores[int(worker[2:]) % count :: count])
-
-
-pin_to_own_cores()
 
 
 @pytest.fixture(scope="session", autouse=True)

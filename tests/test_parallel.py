@@ -32,12 +32,12 @@ def free_port() -> int:
 def run_together(commands: list[list[str]], env: dict[str, str], timeout: float = 240) -> list[str]:
     """Start every command, wait for all (killing all on a timeout or a failure), return their stdout."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    procs = [
-        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env) for c in commands
-    ]
-    for p in procs:
-        on_all_cores(p.pid)
+    procs: list[subprocess.Popen] = []
     try:
+        for c in commands:
+            procs.append(subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env))
+            if len(commands) > 1:  # ranks that wait on each other: not on one core
+                on_all_cores(procs[-1].pid)
         outs = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:

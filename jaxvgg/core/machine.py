@@ -32,10 +32,16 @@ def parse_cpuinfo(text: str) -> tuple[str, list[str]]:
     return model, [name for flag, name in FEATURES.items() if flag in flags]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity mask (taskset, a cgroup cpuset, the test
+    suite's pinned workers) where the OS has one, not every core of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def describe_cpu() -> str:
     """e.g. ``Intel(R) Xeon(R) Processor, 2 cores; AVX2 FMA AVX-512 ... AMX-INT8`` (Linux; elsewhere
     what :mod:`platform` says)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     try:
         model, features = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxvgg.core.folder import load_rgb
+from jaxvgg.core.machine import usable_cores
 from jaxvgg.core.transforms import Pipeline
 
 
@@ -34,8 +35,8 @@ class Batch:
 
 
 def default_workers(workers: int | None) -> int:
-    """``--workers``: the given count, or (None, 0) the CPU count, at most 8."""
-    return workers or min(8, os.cpu_count() or 1)
+    """``--workers``: the given count, or (None, 0) the cores this process may use, at most 8."""
+    return workers or min(8, usable_cores())
 
 
 class Loader:
