@@ -115,7 +115,12 @@ def test_stratified_split_is_80_20_per_class_and_round_trips(tiny_data, tmp_path
     save_split(split, tiny_data, tmp_path / "split.json")
     assert load_split(tmp_path / "split.json", data) == split
     held_out = make_split(data, val_fraction=0.25, seed=1)
-    assert len(held_out.subsets["val"]) > 0 and len(held_out.subsets["test"]) == 15
+    assert len(held_out.subsets["val"]) > 0 and held_out.subsets["test"] == split.subsets["test"]
+    train, val, test = (set(held_out.subsets[name]) for name in ("train", "val", "test"))
+    assert not (train & val or val & test or train & test), "three disjoint subsets"
+    assert train | val | test == set(split.subsets["train"]) | set(split.subsets["test"]), "of every image"
+    per_class = [sum(1 for _, label in held_out.samples("val") if label == k) for k in range(3)]
+    assert per_class == [round(0.25 * 19)] * 3, "stratified: a quarter of each class's 19 outside the test split"
     random = make_split(data, method="random", seed=1)
     assert len(random.subsets["test"]) == 14
 
