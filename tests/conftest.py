@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 
@@ -20,7 +21,8 @@ def pin_to_own_cores() -> None:
         own = cores[int(worker[2:]) % count :: count]
         # every thread already running too (execnet's, a plugin's): a mask binds only its own thread
         for thread in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
-            os.sched_setaffinity(int(thread), own)
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended since the listing
+                os.sched_setaffinity(int(thread), own)
 
 
 pin_to_own_cores()

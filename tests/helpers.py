@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ def on_all_cores(pid: int) -> None:
     run, lose more sharing one core than they gain from leaving the other worker its own."""
     cores = os.environ.get("JAXVGG_TEST_ALL_CORES")
     if cores:
-        os.sched_setaffinity(pid, [int(c) for c in cores.split(",")])
+        with contextlib.suppress(ProcessLookupError):  # it has ended already: its exit status says why
+            os.sched_setaffinity(pid, [int(c) for c in cores.split(",")])
 
 
 def run_script(name: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -35,7 +37,6 @@ def run_command(name: str, *args: str, check: bool = True) -> subprocess.Complet
     For what needs no process of its own: refusals and reports, not environment variables, signals
     or several processes (those use :func:`run_script`). Its compiles use the worker's compilation
     cache (tests/conftest.py), the folder the scripts it starts use."""
-    import contextlib
     import importlib
     import io
     from unittest import mock

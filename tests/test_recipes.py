@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 BATCH_8 = {"student_cnn", "vgg16_gap_bn", "vgg16", "vgg16_gap", "resnet50", "vgg16_manual", "vgg11", "vgg13", "vgg19"}
 
 STEPS = 40  # a few dozen: the runs meet the bar in 10-36 steps, most by 25 (docs/recipes.md)
-WINDOW = 5  # steps averaged at each end: a batch-8 loss is noisy
-FALL = 0.8  # the last window's mean below this share of the first's
+WINDOW = 5  # steps whose median is taken at each end: a batch-8 loss is noisy
+FALL = 0.8  # the last window's median below this share of the first's
 BELOW_CHANCE = 0.95  # ... and below this share of ln C
 
 

@@ -175,7 +175,7 @@ class TrainConfig:
         "devices",
         "image-loading workers: the JAX loader's threads (0: the default), PyTorch's DataLoader processes "
         "(at most 4; 0: in the main process)",
-        shown="JAX: CPU count, at most 8; PyTorch: 2",
+        shown="JAX: the cores this process may use, at most 8; PyTorch: 2",
     )
     strict: bool = setting(False, "data", "stop on unreadable images instead of skipping them")
     resume: str | None = setting(
