@@ -1,0 +1,116 @@
+// The weight gradient of a stride-1 depthwise convolution (NHWC input, one KxK filter per channel),
+// called from JAX through its FFI (jaxvgg/ops/native.py). XLA:CPU computes it as K*K column
+// reductions, each a pass over the input and the output gradient; here it is one pass over both.
+// Measured in docs/performance.md ("The depthwise weight gradient, by hand").
+//
+// dW[i, j, c] = sum over n, y, x of  x[n, y + i - p, x + j - p, c] * g[n, y, x, c]
+//
+// Work is split into a fixed number of row chunks, each summed into its own partial array, and the
+// partials are added in chunk order: the result is the same whatever the number of threads.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// One build serves a machine with AVX-512, AVX2 or neither: the VM this runs on changes CPU between
+// days, and an editable install is not rebuilt when it does.
+#define JAXVGG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXVGG_CLONES
+#endif
+
+constexpr int64_t kMaxChunks = 64;
+
+// Adds one output row's contribution (image n, output row y) to acc[K*K*C].
+template <typename T>
+JAXVGG_CLONES void AccumulateRow(const T* __restrict x, const T* __restrict g, T* __restrict acc, int64_t n,
+                                 int64_t y, int64_t h, int64_t w, int64_t c, int64_t k, int64_t p) {
+  const T* grow = g + (n * h + y) * w * c;  // stride 1, "same"-sized: the output is h x w when 2p = k - 1
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t xr = y + i - p;
+    if (xr < 0 || xr >= h) continue;
+    const T* xrow = x + (n * h + xr) * w * c;
+    for (int64_t j = 0; j < k; ++j) {
+      T* __restrict a = acc + (i * k + j) * c;
+      const int64_t lo = std::max<int64_t>(0, p - j), hi = std::min<int64_t>(w, w + p - j);
+      for (int64_t col = lo; col < hi; ++col) {
+        const T* __restrict xs = xrow + (col + j - p) * c;
+        const T* __restrict gs = grow + col * c;
+        for (int64_t ch = 0; ch < c; ++ch) a[ch] += xs[ch] * gs[ch];
+      }
+    }
+  }
+}
+
+struct Shared {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+template <ffi::DataType D>
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, int64_t kernel_size, int64_t padding,
+                      ffi::ResultBuffer<D> out) {
+  using T = ffi::NativeType<D>;
+  auto xd = x.dimensions(), gd = g.dimensions();
+  if (xd.size() != 4 || gd.size() != 4) return ffi::Error::InvalidArgument("depthwise weight grad: NHWC arrays");
+  const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3], k = kernel_size, p = padding;
+  if (gd[0] != n || gd[1] != h || gd[2] != w || gd[3] != c || 2 * p != k - 1)
+    return ffi::Error::InvalidArgument("depthwise weight grad: needs stride 1 and padding (k - 1) / 2");
+  const int64_t rows = n * h, taps = k * k * c;
+  const int64_t chunks = std::max<int64_t>(1, std::min(rows, kMaxChunks));
+  // The partials outlive this call if a helper task starts after the caller has claimed every chunk.
+  auto partial = std::make_shared<std::vector<T>>(chunks * taps, T(0));
+  auto shared = std::make_shared<Shared>();
+  const T* xp = x.typed_data();
+  const T* gp = g.typed_data();
+
+  auto work = [=]() {
+    for (int64_t ch; (ch = shared->next.fetch_add(1)) < chunks;) {
+      T* acc = partial->data() + ch * taps;
+      for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r)
+        AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  // Helpers only take chunks that nobody has started; the caller works too and then waits only for
+  // chunks already being summed, so a busy pool cannot leave it waiting on work not yet begun.
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
+  work();
+  while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+
+  T* o = out->typed_data();
+  std::fill(o, o + taps, T(0));
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const T* acc = partial->data() + ch * taps;
+    for (int64_t t = 0; t < taps; ++t) o[t] += acc[t];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JAXVGG_WEIGHT_GRAD(NAME, DTYPE)                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, WeightGrad<DTYPE>,                 \
+                                ffi::Ffi::Bind()                         \
+                                    .Ctx<ffi::ThreadPool>()              \
+                                    .Arg<ffi::Buffer<DTYPE>>()           \
+                                    .Arg<ffi::Buffer<DTYPE>>()           \
+                                    .Attr<int64_t>("kernel_size")        \
+                                    .Attr<int64_t>("padding")            \
+                                    .Ret<ffi::Buffer<DTYPE>>());
+
+extern "C" {
+JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f32, ffi::F32)
+JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f64, ffi::F64)
+}

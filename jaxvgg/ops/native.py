@@ -1,0 +1,70 @@
+"""Kernels written by hand in C++ (``csrc/``) and called through JAX's FFI, for the CPU work that
+XLA:CPU was measured to do slowly (docs/performance.md).
+
+``pip install -e .`` builds them (setup.py) into ``jaxvgg/ops/_native*.so``. Where that library is
+missing (no compiler at install, the project run from a plain checkout) or ``JAXVGG_NATIVE=0`` is
+set, :func:`available` is False and every caller keeps its pure-JAX code, which computes the same.
+Each call is tied to the CPU backend: traced for another, the caller's pure-JAX code runs instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+LIBRARY = "jaxvgg.ops._native"
+# dtype -> the handler's name in the library (and the FFI target it is registered as)
+DEPTHWISE_WEIGHT_GRAD = {
+    jnp.dtype(jnp.float32): "jaxvgg_depthwise_weight_grad_f32",
+    jnp.dtype(jnp.float64): "jaxvgg_depthwise_weight_grad_f64",
+}
+
+
+def library_path() -> str | None:
+    spec = importlib.util.find_spec(LIBRARY)
+    return spec.origin if spec is not None and spec.origin else None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernels are built, loaded and registered with JAX (once per process)."""
+    if os.environ.get("JAXVGG_NATIVE", "1") == "0" or (path := library_path()) is None:
+        return False
+    try:
+        lib = ctypes.CDLL(path)
+        handlers = {name: getattr(lib, name) for name in DEPTHWISE_WEIGHT_GRAD.values()}
+    except (OSError, AttributeError):  # not loadable, or built from older sources: rebuild with pip install -e .
+        return False
+    for name, handler in handlers.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
+    return True
+
+
+def depthwise_weight_grad_supported(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
+    """The kernel's case: stride 1 (the caller's), a square filter, "same" padding, float32/64."""
+    k = kernel.shape[0]
+    return kernel.shape[1] == k and 2 * padding == k - 1 and x.dtype in DEPTHWISE_WEIGHT_GRAD and available()
+
+
+def depthwise_weight_grad(
+    x: jax.Array, g: jax.Array, kernel_size: int, padding: int, fallback: Callable[[], jax.Array]
+) -> jax.Array:
+    """(K, K, C): the weight gradient of a stride-1 depthwise convolution of NHWC ``x`` whose output
+    gradient is ``g``, in one pass over both. Check :func:`depthwise_weight_grad_supported` first;
+    ``fallback()`` gives the same by other means and is what runs on any backend but the CPU."""
+    call = jax.ffi.ffi_call(
+        DEPTHWISE_WEIGHT_GRAD[x.dtype],
+        jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype),
+        vmap_method="sequential",
+    )
+    return lax.platform_dependent(
+        cpu=lambda: call(x, g, kernel_size=np.int64(kernel_size), padding=np.int64(padding)), default=fallback
+    )

@@ -1,0 +1,29 @@
+"""The one compiled part: jaxvgg's CPU kernels, called through JAX's FFI (jaxvgg/ops/native.py).
+
+Everything else is in pyproject.toml. The kernels need XLA's FFI headers, which jaxlib ships (a build
+requirement there); where they cannot be built (no C++ compiler, another platform) the install goes on
+without them and the models use their pure-JAX code instead.
+"""
+
+import importlib.util
+import os
+
+from setuptools import Extension, setup
+
+
+def ffi_include_dir() -> str:
+    """``jax.ffi.include_dir()`` without importing jax (the build environment has jaxlib alone)."""
+    spec = importlib.util.find_spec("jaxlib")
+    return os.path.join(spec.submodule_search_locations[0], "include") if spec else ""
+
+
+native = Extension(
+    "jaxvgg.ops._native",
+    sources=["csrc/depthwise.cc"],
+    include_dirs=[ffi_include_dir()],
+    language="c++",
+    extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes", "-Wno-return-type"],
+    optional=True,
+)
+
+setup(ext_modules=[native])

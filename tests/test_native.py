@@ -1,0 +1,104 @@
+"""The hand-written CPU kernels (csrc/, jaxvgg.ops.native): built by the README's install, equal to the
+pure-JAX code they stand in for, the same bits on every call, and left aside cleanly where absent."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxvgg.ops import conv as ops
+from jaxvgg.ops import native
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("JAXVGG_NATIVE") == "0", reason="JAXVGG_NATIVE=0: the kernels are switched off"
+)
+
+# (batch, height, width, channels, kernel): odd and tiny maps, 3 channels, a 5x5 and a 1x1 filter,
+# and more rows than the kernel's 64 chunks
+SHAPES = [(2, 8, 8, 12, 3), (1, 5, 7, 3, 3), (3, 9, 6, 16, 5), (2, 4, 4, 8, 1), (4, 20, 20, 24, 3)]
+
+
+def test_the_kernels_are_built_by_the_install():
+    assert native.available(), (
+        f"no loadable {native.LIBRARY} library ({native.library_path()}): `pip install -e .` builds it from csrc/"
+    )
+
+
+def by_hand(x, g, k=3):
+    """The kernel's weight gradient, with the pure-JAX one as its fallback (as conv.py calls it)."""
+    p = (k - 1) // 2
+    return native.depthwise_weight_grad(x, g, k, p, fallback=lambda: pure_jax(x, g, k))
+
+
+def pure_jax(x, g, k=3):
+    return ops._depthwise_weight_grad(x, g, k, k, k - 1 - (k - 1) // 2)
+
+
+def pure_and_native(x, g, k):
+    kernel = np.zeros((k, k, 1, x.shape[-1]), x.dtype)
+    assert native.depthwise_weight_grad_supported(x, kernel, (k - 1) // 2)
+    pure = jax.jit(pure_jax, static_argnums=2)(x, g, k)
+    fast = jax.jit(by_hand, static_argnums=2)(x, g, k)
+    return np.asarray(pure), np.asarray(fast)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_weight_grad_equals_the_pure_jax_one(shape):
+    n, h, w, c, k = shape
+    rng = np.random.default_rng(sum(shape))
+    x, g = rng.standard_normal((2, n, h, w, c))
+    with jax.enable_x64(True):
+        pure, fast = pure_and_native(x, g, k)
+    np.testing.assert_allclose(fast, pure, rtol=1e-12, atol=1e-12)
+    pure, fast = pure_and_native(x.astype(np.float32), g.astype(np.float32), k)
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, pure, rtol=1e-5, atol=1e-5 * np.abs(pure).max())
+
+
+def test_depthwise_weight_grad_is_the_same_bits_every_call():
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((2, 4, 32, 32, 64)).astype(np.float32)
+    kernel = np.zeros((3, 3, 1, 64), np.float32)
+    f = jax.jit(by_hand)
+    first = np.asarray(f(x, g))
+    assert native.depthwise_weight_grad_supported(x, kernel, 1)
+    for _ in range(5):
+        assert np.array_equal(np.asarray(f(x, g)), first)
+
+
+def test_the_depthwise_convolutions_gradient_calls_the_kernel():
+    x = np.ones((2, 6, 6, 4), np.float32)
+    grad = jax.jit(jax.grad(lambda w: ops.conv2d(x, w, padding=1, groups=4).sum()))
+    compiled = grad.lower(np.ones((3, 3, 1, 4), np.float32)).compile().as_text()
+    assert native.DEPTHWISE_WEIGHT_GRAD[np.dtype(np.float32)] in compiled
+
+
+def test_the_kernel_is_used_only_where_it_applies():
+    x = np.zeros((1, 6, 6, 4), np.float32)
+    assert native.depthwise_weight_grad_supported(x, np.zeros((3, 3, 1, 4), np.float32), 1)
+    assert not native.depthwise_weight_grad_supported(x, np.zeros((3, 3, 1, 4), np.float32), 0)  # not "same"
+    assert not native.depthwise_weight_grad_supported(x.astype(np.float16), np.zeros((3, 3, 1, 4)), 1)
+
+
+def test_under_vmap_each_example_gets_its_own_gradient():
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((2, 3, 2, 6, 6, 8)).astype(np.float32)
+    batched = jax.jit(jax.vmap(by_hand))(x, g)
+    for i in range(3):
+        _, one = pure_and_native(x[i], g[i], 3)
+        np.testing.assert_allclose(np.asarray(batched[i]), one, rtol=1e-6, atol=1e-6)
+
+
+def test_without_the_kernels_the_models_use_pure_jax():
+    code = (
+        "import jax, numpy as np; from jaxvgg.ops import conv, native; assert not native.available(); "
+        "x = np.ones((1, 6, 6, 4), np.float32); k = np.ones((3, 3, 1, 4), np.float32); "
+        "gw = jax.grad(lambda w: conv.conv2d(x, w, padding=1, groups=4).sum())(k); "
+        "assert float(gw[1, 1, 0, 0]) == 36.0 and float(gw[0, 0, 0, 0]) == 25.0, gw[:, :, 0, 0]"
+    )
+    env = {**os.environ, "JAXVGG_NATIVE": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
