@@ -1,12 +1,15 @@
-// The weight gradient of a stride-1 depthwise convolution (NHWC input, one KxK filter per channel),
-// called from JAX through its FFI (jaxvgg/ops/native.py). XLA:CPU computes it as K*K column
-// reductions, each a pass over the input and the output gradient; here it is one pass over both.
-// Measured in docs/performance.md ("The depthwise weight gradient, by hand").
+// A stride-1 depthwise convolution with "same" padding (NHWC, one KxK filter per channel, 2p = K - 1),
+// forward and weight gradient, called from JAX through its FFI (jaxvgg/ops/native.py). XLA:CPU
+// computes the weight gradient as K*K column reductions, each a pass over the input and the output
+// gradient, and the forward as several fusions of shifted products; here each is one pass.
+// Measured in docs/performance.md ("The depthwise convolution by hand").
 //
-// dW[i, j, c] = sum over n, y, x of  x[n, y + i - p, x + j - p, c] * g[n, y, x, c]
+// y[n, r, q, c]  = sum over i, j of  x[n, r + i - p, q + j - p, c] * w[i, j, c]
+// dW[i, j, c]    = sum over n, r, q of  x[n, r + i - p, q + j - p, c] * g[n, r, q, c]
+// The input gradient is the forward of g with the filters flipped (the caller flips them).
 //
-// Work is split into a fixed number of row chunks, each summed into its own partial array, and the
-// partials are added in chunk order: the result is the same whatever the number of threads.
+// Work is split into a fixed number of row chunks. The weight gradient sums each chunk into its own
+// partial array and adds the partials in chunk order: the same result whatever the number of threads.
 
 #include <algorithm>
 #include <atomic>
@@ -52,10 +55,69 @@ JAXVGG_CLONES void AccumulateRow(const T* __restrict x, const T* __restrict g, T
   }
 }
 
+// One output row (image n, row r): out[w*C] = sum of K*K shifted input rows times their taps.
+template <typename T>
+JAXVGG_CLONES void ForwardRow(const T* __restrict x, const T* __restrict wts, T* __restrict out, int64_t n, int64_t r,
+                              int64_t h, int64_t w, int64_t c, int64_t k, int64_t p) {
+  std::fill(out, out + w * c, T(0));
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t xr = r + i - p;
+    if (xr < 0 || xr >= h) continue;
+    const T* xrow = x + (n * h + xr) * w * c;
+    for (int64_t j = 0; j < k; ++j) {
+      const T* __restrict tap = wts + (i * k + j) * c;
+      const int64_t lo = std::max<int64_t>(0, p - j), hi = std::min<int64_t>(w, w + p - j);
+      for (int64_t col = lo; col < hi; ++col) {
+        const T* __restrict xs = xrow + (col + j - p) * c;
+        T* __restrict o = out + col * c;
+        for (int64_t ch = 0; ch < c; ++ch) o[ch] += xs[ch] * tap[ch];
+      }
+    }
+  }
+}
+
 struct Shared {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 };
+
+// Runs body(chunk, first row, end row) over `chunks` slices of `rows`, on the caller and XLA's pool.
+// Helpers only take chunks that nobody has started; the caller works too and then waits only for
+// chunks already begun, so a busy pool cannot leave it waiting on work no thread has started.
+template <typename Body>
+void InChunks(ffi::ThreadPool& pool, int64_t rows, int64_t chunks, Body body) {
+  // Shared with helper tasks, which may start after the caller has returned.
+  auto shared = std::make_shared<Shared>();
+  auto work = [=]() {
+    for (int64_t ch; (ch = shared->next.fetch_add(1)) < chunks;) {
+      body(ch, rows * ch / chunks, rows * (ch + 1) / chunks);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
+  work();
+  while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+template <ffi::DataType D>
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> wts, int64_t padding,
+                   ffi::ResultBuffer<D> out) {
+  using T = ffi::NativeType<D>;
+  auto xd = x.dimensions(), wd = wts.dimensions();
+  if (xd.size() != 4 || wd.size() != 3) return ffi::Error::InvalidArgument("depthwise forward: NHWC and KKC arrays");
+  const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3], k = wd[0], p = padding;
+  if (wd[1] != k || wd[2] != c || 2 * p != k - 1)
+    return ffi::Error::InvalidArgument("depthwise forward: needs a square filter per channel and padding (k - 1) / 2");
+  const T* xp = x.typed_data();
+  const T* kp = wts.typed_data();
+  T* o = out->typed_data();
+  const int64_t rows = n * h;
+  InChunks(pool, rows, std::max<int64_t>(1, std::min(rows, kMaxChunks)), [=](int64_t, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) ForwardRow<T>(xp, kp, o + r * w * c, r / h, r % h, h, w, c, k, p);
+  });
+  return ffi::Error::Success();
+}
 
 template <ffi::DataType D>
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, int64_t kernel_size, int64_t padding,
@@ -70,24 +132,13 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
   const int64_t chunks = std::max<int64_t>(1, std::min(rows, kMaxChunks));
   // The partials outlive this call if a helper task starts after the caller has claimed every chunk.
   auto partial = std::make_shared<std::vector<T>>(chunks * taps, T(0));
-  auto shared = std::make_shared<Shared>();
   const T* xp = x.typed_data();
   const T* gp = g.typed_data();
 
-  auto work = [=]() {
-    for (int64_t ch; (ch = shared->next.fetch_add(1)) < chunks;) {
-      T* acc = partial->data() + ch * taps;
-      for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r)
-        AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  // Helpers only take chunks that nobody has started; the caller works too and then waits only for
-  // chunks already being summed, so a busy pool cannot leave it waiting on work not yet begun.
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
-  work();
-  while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+  InChunks(pool, rows, chunks, [=](int64_t ch, int64_t begin, int64_t end) {
+    T* acc = partial->data() + ch * taps;
+    for (int64_t r = begin; r < end; ++r) AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
+  });
 
   T* o = out->typed_data();
   std::fill(o, o + taps, T(0));
@@ -110,7 +161,16 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
                                     .Attr<int64_t>("padding")            \
                                     .Ret<ffi::Buffer<DTYPE>>());
 
-extern "C" {
+#define JAXVGG_FORWARD(NAME, DTYPE)                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Forward<DTYPE>,                                        \
+                                ffi::Ffi::Bind()                                             \
+                                    .Ctx<ffi::ThreadPool>()                                  \
+                                    .Arg<ffi::Buffer<DTYPE>>()                               \
+                                    .Arg<ffi::Buffer<DTYPE>>()                               \
+                                    .Attr<int64_t>("padding")                                \
+                                    .Ret<ffi::Buffer<DTYPE>>());
+
 JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f32, ffi::F32)
 JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f64, ffi::F64)
-}
+JAXVGG_FORWARD(jaxvgg_depthwise_forward_f32, ffi::F32)
+JAXVGG_FORWARD(jaxvgg_depthwise_forward_f64, ffi::F64)

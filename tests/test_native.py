@@ -39,7 +39,7 @@ def pure_jax(x, g, k=3):
 
 def pure_and_native(x, g, k):
     kernel = np.zeros((k, k, 1, x.shape[-1]), x.dtype)
-    assert native.depthwise_weight_grad_supported(x, kernel, (k - 1) // 2)
+    assert native.depthwise_supported(x, kernel, (k - 1) // 2)
     pure = jax.jit(pure_jax, static_argnums=2)(x, g, k)
     fast = jax.jit(by_hand, static_argnums=2)(x, g, k)
     return np.asarray(pure), np.asarray(fast)
@@ -58,29 +58,48 @@ def test_depthwise_weight_grad_equals_the_pure_jax_one(shape):
     np.testing.assert_allclose(fast, pure, rtol=1e-5, atol=1e-5 * np.abs(pure).max())
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_forward_equals_the_shifted_products(shape):
+    n, h, w, c, k = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, kernel = rng.standard_normal((n, h, w, c)), rng.standard_normal((k, k, 1, c))
+    p = (k - 1) // 2
+
+    def both(x, kernel):
+        pure = jax.jit(lambda a, b: ops._shifted_products(a, b, 1, p))(x, kernel)
+        fast = jax.jit(lambda a, b: native.depthwise_forward(a, b, p, fallback=lambda: a))(x, kernel)
+        return np.asarray(pure), np.asarray(fast)
+
+    with jax.enable_x64(True):
+        pure, fast = both(x, kernel)
+    np.testing.assert_allclose(fast, pure, rtol=1e-12, atol=1e-12)
+    pure, fast = both(x.astype(np.float32), kernel.astype(np.float32))
+    np.testing.assert_allclose(fast, pure, rtol=1e-5, atol=1e-5 * np.abs(pure).max())
+
+
 def test_depthwise_weight_grad_is_the_same_bits_every_call():
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((2, 4, 32, 32, 64)).astype(np.float32)
     kernel = np.zeros((3, 3, 1, 64), np.float32)
     f = jax.jit(by_hand)
     first = np.asarray(f(x, g))
-    assert native.depthwise_weight_grad_supported(x, kernel, 1)
+    assert native.depthwise_supported(x, kernel, 1)
     for _ in range(5):
         assert np.array_equal(np.asarray(f(x, g)), first)
 
 
-def test_the_depthwise_convolutions_gradient_calls_the_kernel():
-    x = np.ones((2, 6, 6, 4), np.float32)
-    grad = jax.jit(jax.grad(lambda w: ops.conv2d(x, w, padding=1, groups=4).sum()))
-    compiled = grad.lower(np.ones((3, 3, 1, 4), np.float32)).compile().as_text()
+def test_the_depthwise_convolution_and_its_gradients_call_the_kernels():
+    grad = jax.jit(jax.grad(lambda x, w: (ops.conv2d(x, w, padding=1, groups=4) ** 2).sum(), argnums=(0, 1)))
+    compiled = grad.lower(np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 1, 4), np.float32)).compile().as_text()
     assert native.DEPTHWISE_WEIGHT_GRAD[np.dtype(np.float32)] in compiled
+    assert compiled.count(native.DEPTHWISE_FORWARD[np.dtype(np.float32)]) >= 2  # forward and input gradient
 
 
 def test_the_kernel_is_used_only_where_it_applies():
     x = np.zeros((1, 6, 6, 4), np.float32)
-    assert native.depthwise_weight_grad_supported(x, np.zeros((3, 3, 1, 4), np.float32), 1)
-    assert not native.depthwise_weight_grad_supported(x, np.zeros((3, 3, 1, 4), np.float32), 0)  # not "same"
-    assert not native.depthwise_weight_grad_supported(x.astype(np.float16), np.zeros((3, 3, 1, 4)), 1)
+    assert native.depthwise_supported(x, np.zeros((3, 3, 1, 4), np.float32), 1)
+    assert not native.depthwise_supported(x, np.zeros((3, 3, 1, 4), np.float32), 0)  # not "same"
+    assert not native.depthwise_supported(x.astype(np.float16), np.zeros((3, 3, 1, 4)), 1)
 
 
 def test_under_vmap_each_example_gets_its_own_gradient():

@@ -119,25 +119,36 @@ def _shifted_products(x: jax.Array, kernel: jax.Array, stride: int, padding: int
 
 # Autodiff of the shifted products pads and adds KH*KW partial input gradients one by one;
 # the input gradient of a stride-1 depthwise convolution is itself one (a full correlation with
-# the flipped filters), which XLA fuses into a single pass.
+# the flipped filters). Under differentiation the forward and both gradients are the hand-written
+# kernels where they apply; not differentiated (the primal, which a train step never traces), the
+# forward stays XLA's fused shifted products, which were faster in eval steps (vgg16_dsconv at 64
+# px: 59 against 68 ms, in-process A/B, docs/performance.md).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_stride1(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     return _shifted_products(x, kernel, 1, padding)
 
 
+def _depthwise_stride1_forward(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """The hand-written kernel where it applies (one pass: inside a train step XLA splits the
+    shifted products into several fusions), else the shifted products."""
+    shifted = functools.partial(_shifted_products, x, kernel, 1, padding)
+    if native.depthwise_supported(x, kernel, padding):
+        return native.depthwise_forward(x, kernel, padding, fallback=shifted)
+    return shifted()
+
+
 def _depthwise_stride1_fwd(x, kernel, padding):
-    return _shifted_products(x, kernel, 1, padding), (x, kernel)
+    return _depthwise_stride1_forward(x, kernel, padding), (x, kernel)
 
 
 def _depthwise_stride1_bwd(padding, residuals, g):
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
     q = kh - 1 - padding
-    dx = _shifted_products(g, jnp.flip(kernel, (0, 1)), 1, q)
+    dx = _depthwise_stride1_forward(g, jnp.flip(kernel, (0, 1)), q)
     taps = functools.partial(_depthwise_weight_grad, x, g, kh, kw, q)
-    if native.depthwise_weight_grad_supported(x, kernel, padding):
-        # One pass over x and g by hand, where XLA:CPU makes KH*KW column reductions of them
-        # (vgg16_dsconv's train step at 112 px: 403 -> 344 ms, docs/performance.md).
+    if native.depthwise_supported(x, kernel, padding):
+        # One pass over x and g by hand, where XLA:CPU makes KH*KW column reductions of them.
         return dx, native.depthwise_weight_grad(x, g, kh, padding, fallback=taps)[:, :, None, :]
     return dx, taps()[:, :, None, :]
 

@@ -22,10 +22,15 @@ from jax import lax
 
 LIBRARY = "jaxvgg.ops._native"
 # dtype -> the handler's name in the library (and the FFI target it is registered as)
+DEPTHWISE_FORWARD = {
+    jnp.dtype(jnp.float32): "jaxvgg_depthwise_forward_f32",
+    jnp.dtype(jnp.float64): "jaxvgg_depthwise_forward_f64",
+}
 DEPTHWISE_WEIGHT_GRAD = {
     jnp.dtype(jnp.float32): "jaxvgg_depthwise_weight_grad_f32",
     jnp.dtype(jnp.float64): "jaxvgg_depthwise_weight_grad_f64",
 }
+HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values()]
 
 
 def library_path() -> str | None:
@@ -40,7 +45,7 @@ def available() -> bool:
         return False
     try:
         lib = ctypes.CDLL(path)
-        handlers = {name: getattr(lib, name) for name in DEPTHWISE_WEIGHT_GRAD.values()}
+        handlers = {name: getattr(lib, name) for name in HANDLERS}
     except (OSError, AttributeError):  # not loadable, or built from older sources: rebuild with pip install -e .
         return False
     for name, handler in handlers.items():
@@ -48,17 +53,26 @@ def available() -> bool:
     return True
 
 
-def depthwise_weight_grad_supported(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
-    """The kernel's case: stride 1 (the caller's), a square filter, "same" padding, float32/64."""
+def depthwise_supported(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
+    """The depthwise kernels' case: stride 1 (the caller's), a square filter, "same" padding, float32/64."""
     k = kernel.shape[0]
-    return kernel.shape[1] == k and 2 * padding == k - 1 and x.dtype in DEPTHWISE_WEIGHT_GRAD and available()
+    return kernel.shape[1] == k and 2 * padding == k - 1 and x.dtype in DEPTHWISE_FORWARD and available()
+
+
+def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
+    """NHWC ``x`` convolved with one (K, K) filter per channel (``kernel`` (K, K, 1, C), HWIO), stride
+    1, in one pass; the same as ``fallback()``, which runs on any backend but the CPU. Check
+    :func:`depthwise_supported` first."""
+    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
+    return lax.platform_dependent(cpu=lambda: call(x, kernel[:, :, 0], padding=np.int64(padding)), default=fallback)
 
 
 def depthwise_weight_grad(
     x: jax.Array, g: jax.Array, kernel_size: int, padding: int, fallback: Callable[[], jax.Array]
 ) -> jax.Array:
     """(K, K, C): the weight gradient of a stride-1 depthwise convolution of NHWC ``x`` whose output
-    gradient is ``g``, in one pass over both. Check :func:`depthwise_weight_grad_supported` first;
+    gradient is ``g``, in one pass over both. Check :func:`depthwise_supported` first;
     ``fallback()`` gives the same by other means and is what runs on any backend but the CPU."""
     call = jax.ffi.ffi_call(
         DEPTHWISE_WEIGHT_GRAD[x.dtype],
