@@ -19,7 +19,8 @@ def ffi_include_dir() -> str:
 
 native = Extension(
     "jaxvgg.ops._native",
-    sources=["csrc/depthwise.cc"],
+    sources=["csrc/depthwise.cc", "csrc/im2col.cc"],
+    depends=["csrc/parallel_rows.h"],
     include_dirs=[ffi_include_dir()],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes", "-Wno-return-type"],

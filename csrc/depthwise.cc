@@ -12,13 +12,12 @@
 // partial array and adds the partials in chunk order: the same result whatever the number of threads.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel_rows.h"
 
 namespace ffi = xla::ffi;
 
@@ -31,8 +30,6 @@ namespace {
 #else
 #define JAXVGG_CLONES
 #endif
-
-constexpr int64_t kMaxChunks = 64;
 
 // Adds one output row's contribution (image n, output row y) to acc[K*K*C].
 template <typename T>
@@ -76,30 +73,6 @@ JAXVGG_CLONES void ForwardRow(const T* __restrict x, const T* __restrict wts, T*
   }
 }
 
-struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-// Runs body(chunk, first row, end row) over `chunks` slices of `rows`, on the caller and XLA's pool.
-// Helpers only take chunks that nobody has started; the caller works too and then waits only for
-// chunks already begun, so a busy pool cannot leave it waiting on work no thread has started.
-template <typename Body>
-void InChunks(ffi::ThreadPool& pool, int64_t rows, int64_t chunks, Body body) {
-  // Shared with helper tasks, which may start after the caller has returned.
-  auto shared = std::make_shared<Shared>();
-  auto work = [=]() {
-    for (int64_t ch; (ch = shared->next.fetch_add(1)) < chunks;) {
-      body(ch, rows * ch / chunks, rows * (ch + 1) / chunks);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
-  work();
-  while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-}
-
 template <ffi::DataType D>
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> wts, int64_t padding,
                    ffi::ResultBuffer<D> out) {
@@ -113,7 +86,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> wts, i
   const T* kp = wts.typed_data();
   T* o = out->typed_data();
   const int64_t rows = n * h;
-  InChunks(pool, rows, std::max<int64_t>(1, std::min(rows, kMaxChunks)), [=](int64_t, int64_t begin, int64_t end) {
+  jaxvgg::InChunks(pool, rows, std::max<int64_t>(1, std::min(rows, jaxvgg::kMaxChunks)), [=](int64_t, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) ForwardRow<T>(xp, kp, o + r * w * c, r / h, r % h, h, w, c, k, p);
   });
   return ffi::Error::Success();
@@ -129,13 +102,13 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
   if (gd[0] != n || gd[1] != h || gd[2] != w || gd[3] != c || 2 * p != k - 1)
     return ffi::Error::InvalidArgument("depthwise weight grad: needs stride 1 and padding (k - 1) / 2");
   const int64_t rows = n * h, taps = k * k * c;
-  const int64_t chunks = std::max<int64_t>(1, std::min(rows, kMaxChunks));
+  const int64_t chunks = std::max<int64_t>(1, std::min(rows, jaxvgg::kMaxChunks));
   // The partials outlive this call if a helper task starts after the caller has claimed every chunk.
   auto partial = std::make_shared<std::vector<T>>(chunks * taps, T(0));
   const T* xp = x.typed_data();
   const T* gp = g.typed_data();
 
-  InChunks(pool, rows, chunks, [=](int64_t ch, int64_t begin, int64_t end) {
+  jaxvgg::InChunks(pool, rows, chunks, [=](int64_t ch, int64_t begin, int64_t end) {
     T* acc = partial->data() + ch * taps;
     for (int64_t r = begin; r < end; ++r) AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
   });

@@ -77,6 +77,44 @@ def test_depthwise_forward_equals_the_shifted_products(shape):
     np.testing.assert_allclose(fast, pure, rtol=1e-5, atol=1e-5 * np.abs(pure).max())
 
 
+# (batch, height, width, channels, kernel, stride, padding): VGG's 3x3, ResNet's 7x7 stem and its
+# stride-2 3x3, no padding, odd maps, padding wider than the filter's reach of some rows
+IM2COL_CASES = [
+    (2, 8, 8, 5, 3, 1, 1),
+    (1, 13, 11, 3, 7, 2, 3),
+    (2, 9, 9, 8, 3, 2, 1),
+    (2, 6, 7, 4, 3, 1, 0),
+    (1, 5, 5, 2, 3, 3, 2),
+    (3, 4, 4, 16, 1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_im2col_is_the_sliced_patches_exactly(case):
+    n, h, w, c, k, s, p = case
+    rng = np.random.default_rng(sum(case))
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((n, h, w, c)).astype(dtype)
+        with jax.enable_x64(dtype == np.float64):
+            sliced = np.asarray(jax.jit(lambda a: ops._sliced_patches(a, k, k, s, p))(x))
+            fast = jax.jit(lambda a: native.im2col(a, k, s, p, fallback=lambda: ops._sliced_patches(a, k, k, s, p)))
+            fast = np.asarray(fast(x))
+        assert fast.dtype == dtype and fast.shape == sliced.shape
+        assert np.array_equal(fast, sliced)
+
+
+def test_im2col_gradient_is_the_fold_back_of_the_slices():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 9, 4)).astype(np.float32)
+    weights = rng.standard_normal((2, 5, 5, 36)).astype(np.float32)
+
+    def grad(patches):
+        return np.asarray(jax.jit(jax.grad(lambda a: (patches(a) * weights).sum()))(x))
+
+    by_kernel = grad(lambda a: ops._patches(a, 3, 3, 2, 1))
+    assert np.array_equal(by_kernel, grad(lambda a: ops._sliced_patches(a, 3, 3, 2, 1)))
+
+
 def test_depthwise_weight_grad_is_the_same_bits_every_call():
     rng = np.random.default_rng(1)
     x, g = rng.standard_normal((2, 4, 32, 32, 64)).astype(np.float32)
@@ -86,6 +124,12 @@ def test_depthwise_weight_grad_is_the_same_bits_every_call():
     assert native.depthwise_supported(x, kernel, 1)
     for _ in range(5):
         assert np.array_equal(np.asarray(f(x, g)), first)
+
+
+def test_the_dense_convolutions_patches_come_from_the_kernel():
+    grad = jax.jit(jax.grad(lambda x, w: (ops._im2col_conv(x, w, 1, 1) ** 2).sum(), argnums=(0, 1)))
+    compiled = grad.lower(np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 4, 8), np.float32)).compile().as_text()
+    assert native.IM2COL[np.dtype(np.float32)] in compiled
 
 
 def test_the_depthwise_convolution_and_its_gradients_call_the_kernels():
@@ -116,7 +160,10 @@ def test_without_the_kernels_the_models_use_pure_jax():
         "import jax, numpy as np; from jaxvgg.ops import conv, native; assert not native.available(); "
         "x = np.ones((1, 6, 6, 4), np.float32); k = np.ones((3, 3, 1, 4), np.float32); "
         "gw = jax.grad(lambda w: conv.conv2d(x, w, padding=1, groups=4).sum())(k); "
-        "assert float(gw[1, 1, 0, 0]) == 36.0 and float(gw[0, 0, 0, 0]) == 25.0, gw[:, :, 0, 0]"
+        "assert float(gw[1, 1, 0, 0]) == 36.0 and float(gw[0, 0, 0, 0]) == 25.0, gw[:, :, 0, 0]; "
+        "k2 = np.ones((3, 3, 4, 2), np.float32); "
+        "gd = jax.grad(lambda w: conv.conv2d(x, w, padding=1, route='im2col').sum())(k2); "
+        "assert float(gd[1, 1, 0, 0]) == 36.0 and float(gd[0, 0, 0, 0]) == 25.0, gd[:, :, 0, 0]"
     )
     env = {**os.environ, "JAXVGG_NATIVE": "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

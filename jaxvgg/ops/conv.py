@@ -82,7 +82,36 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups
 
 
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: int) -> jax.Array:
-    """(N, OH, OW, KH*KW*C) patches, ordered like an HWIO kernel reshaped to (KH*KW*C, O)."""
+    """(N, OH, OW, KH*KW*C) patches, ordered like an HWIO kernel reshaped to (KH*KW*C, O): by the
+    hand-written kernel where it applies (one pass, where XLA writes KH*KW slices and then copies
+    them into their concatenation), else by those slices."""
+    if kh == kw and native.im2col_supported(x):
+        return _native_patches(x, kh, stride, padding)
+    return _sliced_patches(x, kh, kw, stride, padding)
+
+
+# Patches are linear in x, so their VJP is their transpose: the sum of the shifted patch gradients
+# that autodiff of the slices gives (the fold-back).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _native_patches(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
+    return native.im2col(x, k, stride, padding, fallback=functools.partial(_sliced_patches, x, k, k, stride, padding))
+
+
+def _native_patches_fwd(x, k, stride, padding):
+    return _native_patches(x, k, stride, padding), jnp.zeros((0, *x.shape), x.dtype)
+
+
+def _native_patches_bwd(k, stride, padding, like, g):
+    fold = jax.linear_transpose(
+        lambda a: _sliced_patches(a, k, k, stride, padding), jax.ShapeDtypeStruct(like.shape[1:], like.dtype)
+    )
+    return fold(g)
+
+
+_native_patches.defvjp(_native_patches_fwd, _native_patches_bwd)
+
+
+def _sliced_patches(x: jax.Array, kh: int, kw: int, stride: int, padding: int) -> jax.Array:
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     _, hp, wp, _ = xp.shape
     oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1

@@ -30,7 +30,8 @@ DEPTHWISE_WEIGHT_GRAD = {
     jnp.dtype(jnp.float32): "jaxvgg_depthwise_weight_grad_f32",
     jnp.dtype(jnp.float64): "jaxvgg_depthwise_weight_grad_f64",
 }
-HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values()]
+IM2COL = {jnp.dtype(jnp.float32): "jaxvgg_im2col_f32", jnp.dtype(jnp.float64): "jaxvgg_im2col_f64"}
+HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values(), *IM2COL.values()]
 
 
 def library_path() -> str | None:
@@ -65,6 +66,8 @@ def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: C
     :func:`depthwise_supported` first."""
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
+    if not available():
+        return fallback()
     return lax.platform_dependent(cpu=lambda: call(x, kernel[:, :, 0], padding=np.int64(padding)), default=fallback)
 
 
@@ -79,6 +82,26 @@ def depthwise_weight_grad(
         jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype),
         vmap_method="sequential",
     )
+    if not available():
+        return fallback()
     return lax.platform_dependent(
         cpu=lambda: call(x, g, kernel_size=np.int64(kernel_size), padding=np.int64(padding)), default=fallback
     )
+
+
+def im2col_supported(x: jax.Array) -> bool:
+    return x.ndim == 4 and x.dtype in IM2COL and available()
+
+
+def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
+    """(N, OH, OW, K*K*C): every output position's zero-padded KxK patch of NHWC ``x``, ordered like
+    an HWIO kernel reshaped to (K*K*C, O), in one pass; the same as ``fallback()``, which runs on any
+    backend but the CPU. Check :func:`im2col_supported` first."""
+    n, h, w, c = x.shape
+    oh, ow = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
+    out = jax.ShapeDtypeStruct((n, oh, ow, kernel_size * kernel_size * c), x.dtype)
+    call = jax.ffi.ffi_call(IM2COL[x.dtype], out, vmap_method="sequential")
+    attrs = {"kernel_size": np.int64(kernel_size), "stride": np.int64(stride), "padding": np.int64(padding)}
+    if not available():
+        return fallback()
+    return lax.platform_dependent(cpu=lambda: call(x, **attrs), default=fallback)

@@ -1,0 +1,43 @@
+// Rows of work shared between the calling thread and XLA's intra-op thread pool (through the FFI's
+// ThreadPool), for the kernels in this folder.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jaxvgg {
+
+// A fixed number of chunks, whatever the number of threads: a kernel that sums per chunk and adds
+// the chunks in order gives the same bits on any machine.
+constexpr int64_t kMaxChunks = 64;
+
+struct ChunkCounters {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+// Runs body(chunk, first row, end row) over `chunks` slices of `rows`, on the caller and XLA's pool.
+// Helpers only take chunks that nobody has started; the caller works too and then waits only for
+// chunks already begun, so a busy pool cannot leave it waiting on work no thread has started.
+template <typename Body>
+void InChunks(xla::ffi::ThreadPool& pool, int64_t rows, int64_t chunks, Body body) {
+  // Shared with helper tasks, which may start after the caller has returned.
+  auto counters = std::make_shared<ChunkCounters>();
+  auto work = [=]() {
+    for (int64_t ch; (ch = counters->next.fetch_add(1)) < chunks;) {
+      body(ch, rows * ch / chunks, rows * (ch + 1) / chunks);
+      counters->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
+  work();
+  while (counters->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+}  // namespace jaxvgg
