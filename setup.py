@@ -19,11 +19,20 @@ def ffi_include_dir() -> str:
 
 native = Extension(
     "jaxvgg.ops._native",
-    sources=["csrc/depthwise.cc", "csrc/im2col.cc"],
-    depends=["csrc/parallel_rows.h"],
+    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc"],
+    depends=["csrc/common.h"],
     include_dirs=[ffi_include_dir()],
     language="c++",
-    extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes", "-Wno-return-type"],
+    # No fused multiply-adds, so each product and sum rounds as in the pure-JAX code the kernels stand in
+    # for; no errno from sqrt, which would keep Adam's loop from vectorising. The warnings are XLA's headers'.
+    extra_compile_args=[
+        "-std=c++17",
+        "-O3",
+        "-ffp-contract=off",
+        "-fno-math-errno",
+        "-Wno-attributes",
+        "-Wno-return-type",
+    ],
     optional=True,
 )
 

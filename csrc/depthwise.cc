@@ -17,19 +17,11 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
-#include "parallel_rows.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// One build serves a machine with AVX-512, AVX2 or neither: the VM this runs on changes CPU between
-// days, and an editable install is not rebuilt when it does.
-#define JAXVGG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define JAXVGG_CLONES
-#endif
 
 // Adds one output row's contribution (image n, output row y) to acc[K*K*C].
 template <typename T>

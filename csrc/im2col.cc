@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "xla/ffi/api/ffi.h"
-#include "parallel_rows.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 

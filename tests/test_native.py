@@ -7,10 +7,12 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from jaxvgg.ops import conv as ops
 from jaxvgg.ops import native
+from jaxvgg.train.optim import AdamWithStep, apply_gradients, make_optimizer, make_schedule
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("JAXVGG_NATIVE") == "0", reason="JAXVGG_NATIVE=0: the kernels are switched off"
@@ -124,6 +126,33 @@ def test_depthwise_weight_grad_is_the_same_bits_every_call():
     assert native.depthwise_supported(x, kernel, 1)
     for _ in range(5):
         assert np.array_equal(np.asarray(f(x, g)), first)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("rate", ["constant", "schedule"])
+def test_adams_one_pass_step_is_optax_update_and_apply(name, rate):
+    """Same weights and the same state, leaf for leaf (what checkpoints hold), over steps whose bias
+    corrections and rates change."""
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        params = {"conv": {"kernel": rng.standard_normal((3, 3, 4, 8))}, "bias": rng.standard_normal(70_000)}
+        lr = 1e-2 if rate == "constant" else make_schedule("cosine", 1e-2, epochs=3, steps_per_epoch=2)
+        tx = make_optimizer(name, lr, weight_decay=0.1)
+        assert isinstance(tx, AdamWithStep)
+        fused = optax_way = tx.init(params)
+        ours = theirs = params
+        step = jax.jit(lambda g, s, p: apply_gradients(tx, g, s, p))
+        for _ in range(5):
+            grads = jax.tree.map(lambda p: rng.standard_normal(p.shape), params)
+            ours, fused = step(grads, fused, ours)
+            updates, optax_way = tx.update(grads, optax_way, theirs)
+            theirs = optax.apply_updates(theirs, updates)
+        assert jax.tree.structure(fused) == jax.tree.structure(optax_way)
+        for got, want in zip(jax.tree.leaves((ours, fused)), jax.tree.leaves((theirs, optax_way)), strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-15)
+        hlo = step.lower(grads, fused, ours).compile().as_text()
+        assert hlo.count(native.ADAM[np.dtype(np.float64)]) == 2  # one call per weight
 
 
 def test_the_dense_convolutions_patches_come_from_the_kernel():

@@ -31,7 +31,8 @@ DEPTHWISE_WEIGHT_GRAD = {
     jnp.dtype(jnp.float64): "jaxvgg_depthwise_weight_grad_f64",
 }
 IM2COL = {jnp.dtype(jnp.float32): "jaxvgg_im2col_f32", jnp.dtype(jnp.float64): "jaxvgg_im2col_f64"}
-HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values(), *IM2COL.values()]
+ADAM = {jnp.dtype(jnp.float32): "jaxvgg_adam_f32", jnp.dtype(jnp.float64): "jaxvgg_adam_f64"}
+HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values(), *IM2COL.values(), *ADAM.values()]
 
 
 def library_path() -> str | None:
@@ -105,3 +106,29 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
     if not available():
         return fallback()
     return lax.platform_dependent(cpu=lambda: call(x, **attrs), default=fallback)
+
+
+def adam_supported(weight: jax.Array) -> bool:
+    return weight.dtype in ADAM and available()
+
+
+def adam(
+    weight: jax.Array,
+    grad: jax.Array,
+    mu: jax.Array,
+    nu: jax.Array,
+    hyper: jax.Array,
+    decoupled: bool,
+    fallback: Callable[[], tuple[jax.Array, jax.Array, jax.Array]],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(weight, mu, nu) after one Adam (``decoupled``: AdamW) step, in one pass that overwrites the
+    three in place; ``hyper`` is [lr, b1, 1 - b1, b2, 1 - b2, eps, weight decay, 1 - b1^t, 1 - b2^t]
+    in the weight's dtype. The same as ``fallback()``, which runs on any backend but the CPU. Check
+    :func:`adam_supported` first."""
+    like = jax.ShapeDtypeStruct(weight.shape, weight.dtype)
+    call = jax.ffi.ffi_call(ADAM[weight.dtype], (like, like, like), input_output_aliases={0: 0, 2: 1, 3: 2})
+    if not available():
+        return fallback()
+    return lax.platform_dependent(
+        cpu=lambda: tuple(call(weight, grad, mu, nu, hyper, decoupled=np.int64(decoupled))), default=fallback
+    )

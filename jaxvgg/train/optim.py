@@ -6,14 +6,20 @@ epoch: the rate is a function of ``step // steps_per_epoch``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
 from jaxvgg.core.config import OPTIMIZERS, SCHEDULES
 from jaxvgg.core.errors import UserError
+from jaxvgg.ops import native
+
+B1, B2, EPS = 0.9, 0.999, 1e-8
 
 
 def epoch_lr(
@@ -77,14 +83,84 @@ def make_optimizer(
     * ``adam``: ``torch.optim.Adam(weight_decay=wd)``, L2 added to the gradient *before* the moments;
     * ``adamw``: ``torch.optim.AdamW``, decay applied to the weights, decoupled from the moments;
     * ``sgd``: ``torch.optim.SGD(momentum=m, weight_decay=wd)`` (no dampening, no Nesterov).
+
+    Adam and AdamW come with a one-pass ``step`` where the CPU kernel is built (:class:`AdamWithStep`).
     """
     decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     if name == "adam":
-        parts = [*decay, optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)]
+        parts = [*decay, optax.scale_by_adam(b1=B1, b2=B2, eps=EPS)]
     elif name == "adamw":
-        parts = [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), *decay]
+        parts = [optax.scale_by_adam(b1=B1, b2=B2, eps=EPS), *decay]
     elif name == "sgd":
         parts = [*decay, optax.trace(decay=momentum, nesterov=False)] if momentum else decay
     else:
         raise UserError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    return optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
+    tx = optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
+    if name == "sgd" or not native.available():
+        return tx
+    return AdamWithStep(tx.init, tx.update, _adam_step(learning_rate, weight_decay, decoupled=name == "adamw"))
+
+
+class AdamWithStep(NamedTuple):
+    """optax's Adam chain (``init`` and ``update``: the state and what checkpoints hold), and ``step``,
+    which computes what ``update`` then ``optax.apply_updates`` do, in one pass over each weight
+    (:func:`jaxvgg.ops.native.adam`; XLA:CPU makes three of optax's chain, docs/performance.md)."""
+
+    init: optax.TransformInitFn
+    update: optax.TransformUpdateFn
+    step: Callable[[Any, optax.OptState, Any], tuple[Any, optax.OptState]]
+
+
+def apply_gradients(tx: optax.GradientTransformation, grads: Any, opt_state: optax.OptState, params: Any):
+    """(new params, new optimizer state): ``tx``'s one-pass step where it has one, else optax's update
+    and apply. A wrapped optimizer (frozen layers: ``optax.multi_transform``) takes optax's way."""
+    step = getattr(tx, "step", None)
+    if step is not None:
+        return step(grads, opt_state, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _adam_step(learning_rate: Callable | float, weight_decay: float, decoupled: bool) -> Callable:
+    def step(grads: Any, opt_state: tuple, params: Any) -> tuple[Any, tuple]:
+        # optax's chain state: the Adam moments and step count, an empty state for the decay, and
+        # the schedule's step count last (an empty state for a constant rate).
+        (adam_at,) = [i for i, s in enumerate(opt_state) if isinstance(s, optax.ScaleByAdamState)]
+        adam_state, lr_state = opt_state[adam_at], opt_state[-1]
+        count = optax.safe_increment(adam_state.count)
+        if callable(learning_rate):
+            lr = learning_rate(lr_state.count)
+            lr_state = optax.ScaleByScheduleState(count=optax.safe_increment(lr_state.count))
+        else:
+            lr = learning_rate
+
+        def one(w, g, mu, nu):
+            # The bias corrections 1 - b^t as torch has them (in double): optax's 1 - b2**t in float32
+            # is 1.3e-5 off at t = 1 (0.999f^t rounds), which -expm1(t log b) is not.
+            t = count.astype(w.dtype)
+            corrections = [-jnp.expm1(t * math.log(b)) for b in (B1, B2)]
+            values = (lr, B1, 1 - B1, B2, 1 - B2, EPS, weight_decay, *corrections)
+            hyper = jnp.stack([jnp.asarray(v, w.dtype) for v in values])
+            by_ops = functools.partial(_adam_by_ops, w, g, mu, nu, hyper, decoupled)
+            return native.adam(w, g, mu, nu, hyper, decoupled, fallback=by_ops)
+
+        leaves, treedef = jax.tree.flatten(params)
+        others = (treedef.flatten_up_to(t) for t in (grads, adam_state.mu, adam_state.nu))
+        columns = zip(*(one(*args) for args in zip(leaves, *others, strict=True)), strict=True)
+        new_params, mu, nu = (treedef.unflatten(c) for c in columns)
+        new_state = list(opt_state)
+        new_state[adam_at] = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+        new_state[-1] = lr_state
+        return new_params, tuple(new_state)
+
+    return step
+
+
+def _adam_by_ops(w, g, mu, nu, hyper, decoupled: bool):
+    """The kernel's arithmetic in jnp, for backends other than the CPU."""
+    lr, b1, one_minus_b1, b2, one_minus_b2, eps, wd, bc1, bc2 = hyper
+    g = g if decoupled else g + wd * w
+    mu = one_minus_b1 * g + b1 * mu
+    nu = one_minus_b2 * (g * g) + b2 * nu
+    update = (mu / bc1) / (jnp.sqrt(nu / bc2) + eps) + (wd * w if decoupled else 0)
+    return w - lr * update, mu, nu

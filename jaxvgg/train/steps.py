@@ -18,6 +18,7 @@ import optax
 from jaxvgg.data.normalize import normalize
 from jaxvgg.models.layers import at_least_float32
 from jaxvgg.parallel import DataParallel
+from jaxvgg.train.optim import apply_gradients
 from jaxvgg.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -76,8 +77,7 @@ def train_step(
         return loss, (logits, loss_sum, updates.get("batch_stats", {}))
 
     grads, (logits, loss_sum, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply_gradients(state.tx, grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, _metrics(logits, batch, loss_sum)
 

@@ -1,5 +1,5 @@
-// Rows of work shared between the calling thread and XLA's intra-op thread pool (through the FFI's
-// ThreadPool), for the kernels in this folder.
+// What the kernels in this folder share: one build for every x86 CPU, and rows of work split between
+// the calling thread and XLA's intra-op thread pool (the FFI's ThreadPool).
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,14 @@
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// One build serves a machine with AVX-512, AVX2 or neither: the VM this runs on changes CPU between
+// days, and an editable install is not rebuilt when it does.
+#define JAXVGG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXVGG_CLONES
+#endif
 
 namespace jaxvgg {
 
