@@ -11,6 +11,7 @@ several, each loads only its rows of every global batch
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvgg.core.cli import silence_stdout
 from jaxvgg.core.errors import UserError
+from jaxvgg.ops import native
 from jaxvgg.ops.compiler import inference_options
 
 AXIS = "data"
@@ -98,6 +100,8 @@ class DataParallel:
         and ``aux`` replicated, the batch sharded, every output replicated. Use
         :func:`jaxvgg.train.steps.compile_steps`, which binds the loss."""
         rep, data = self.replicated, self.batch_sharding
+        if self.size > 1:  # each device would run the hand-written kernels on the whole batch
+            train_step, eval_step = native_disabled(train_step), native_disabled(eval_step)
         train = jax.jit(train_step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
         evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep, compiler_options=inference_options())
         return train, evaluate
@@ -106,6 +110,17 @@ class DataParallel:
         """Every process waits here (e.g. until process 0 has written a checkpoint)."""
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(name)
+
+
+def native_disabled(fn: Callable) -> Callable:
+    """``fn`` traced with the hand-written CPU kernels off (:func:`jaxvgg.ops.native.disabled`)."""
+
+    @functools.wraps(fn)
+    def traced(*args: Any) -> Any:
+        with native.disabled():
+            return fn(*args)
+
+    return traced
 
 
 def local_copy(tree: Any) -> Any:

@@ -197,3 +197,19 @@ def test_without_the_kernels_the_models_use_pure_jax():
     env = {**os.environ, "JAXVGG_NATIVE": "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_steps_compiled_for_several_devices_leave_the_kernels_aside():
+    """An FFI call has no rule for splitting a sharded batch: traced for several devices, the steps take
+    the pure-JAX code (what DataParallel.compile_steps does for a mesh of more than one device)."""
+    from jaxvgg.parallel import native_disabled
+
+    def grad(x, w):
+        return jax.grad(lambda w: (ops.conv2d(x, w, padding=1, groups=4) ** 2).sum())(w)
+
+    args = np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 1, 4), np.float32)
+    assert native.enabled()
+    plain = jax.jit(grad).lower(*args).compile().as_text()
+    off = jax.jit(native_disabled(grad)).lower(*args).compile().as_text()
+    assert "jaxvgg_depthwise" in plain and "jaxvgg_" not in off
+    assert native.enabled()

@@ -9,11 +9,13 @@ Each call is tied to the CPU backend: traced for another, the caller's pure-JAX 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,9 @@ DEPTHWISE_WEIGHT_GRAD = {
 IM2COL = {jnp.dtype(jnp.float32): "jaxvgg_im2col_f32", jnp.dtype(jnp.float64): "jaxvgg_im2col_f64"}
 ADAM = {jnp.dtype(jnp.float32): "jaxvgg_adam_f32", jnp.dtype(jnp.float64): "jaxvgg_adam_f64"}
 HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values(), *IM2COL.values(), *ADAM.values()]
+
+
+_OFF = contextvars.ContextVar("jaxvgg_native_off", default=False)
 
 
 def library_path() -> str | None:
@@ -55,10 +60,27 @@ def available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Functions traced inside take their pure-JAX code. For steps compiled for several devices: an FFI
+    call carries no rule for splitting its work, so under a batch-sharded ``jit`` XLA would gather the
+    whole batch onto every device and each would compute all of it."""
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
+
+
+def enabled() -> bool:
+    """Whether code traced now may call the kernels: built, loaded and not :func:`disabled`."""
+    return not _OFF.get() and available()
+
+
 def depthwise_supported(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
     """The depthwise kernels' case: stride 1 (the caller's), a square filter, "same" padding, float32/64."""
     k = kernel.shape[0]
-    return kernel.shape[1] == k and 2 * padding == k - 1 and x.dtype in DEPTHWISE_FORWARD and available()
+    return kernel.shape[1] == k and 2 * padding == k - 1 and x.dtype in DEPTHWISE_FORWARD and enabled()
 
 
 def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
@@ -67,7 +89,7 @@ def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: C
     :func:`depthwise_supported` first."""
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
-    if not available():
+    if not enabled():
         return fallback()
     return lax.platform_dependent(cpu=lambda: call(x, kernel[:, :, 0], padding=np.int64(padding)), default=fallback)
 
@@ -83,7 +105,7 @@ def depthwise_weight_grad(
         jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype),
         vmap_method="sequential",
     )
-    if not available():
+    if not enabled():
         return fallback()
     return lax.platform_dependent(
         cpu=lambda: call(x, g, kernel_size=np.int64(kernel_size), padding=np.int64(padding)), default=fallback
@@ -91,7 +113,7 @@ def depthwise_weight_grad(
 
 
 def im2col_supported(x: jax.Array) -> bool:
-    return x.ndim == 4 and x.dtype in IM2COL and available()
+    return x.ndim == 4 and x.dtype in IM2COL and enabled()
 
 
 def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
@@ -103,13 +125,13 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
     out = jax.ShapeDtypeStruct((n, oh, ow, kernel_size * kernel_size * c), x.dtype)
     call = jax.ffi.ffi_call(IM2COL[x.dtype], out, vmap_method="sequential")
     attrs = {"kernel_size": np.int64(kernel_size), "stride": np.int64(stride), "padding": np.int64(padding)}
-    if not available():
+    if not enabled():
         return fallback()
     return lax.platform_dependent(cpu=lambda: call(x, **attrs), default=fallback)
 
 
 def adam_supported(weight: jax.Array) -> bool:
-    return weight.dtype in ADAM and available()
+    return weight.dtype in ADAM and enabled()
 
 
 def adam(
@@ -127,7 +149,7 @@ def adam(
     :func:`adam_supported` first."""
     like = jax.ShapeDtypeStruct(weight.shape, weight.dtype)
     call = jax.ffi.ffi_call(ADAM[weight.dtype], (like, like, like), input_output_aliases={0: 0, 2: 1, 3: 2})
-    if not available():
+    if not enabled():
         return fallback()
     return lax.platform_dependent(
         cpu=lambda: tuple(call(weight, grad, mu, nu, hyper, decoupled=np.int64(decoupled))), default=fallback

@@ -112,10 +112,11 @@ class AdamWithStep(NamedTuple):
 
 
 def apply_gradients(tx: optax.GradientTransformation, grads: Any, opt_state: optax.OptState, params: Any):
-    """(new params, new optimizer state): ``tx``'s one-pass step where it has one, else optax's update
-    and apply. A wrapped optimizer (frozen layers: ``optax.multi_transform``) takes optax's way."""
+    """(new params, new optimizer state): ``tx``'s one-pass step where it has one and the kernels are
+    enabled (:func:`jaxvgg.ops.native.disabled`), else optax's update and apply. A wrapped optimizer
+    (frozen layers: ``optax.multi_transform``) takes optax's way."""
     step = getattr(tx, "step", None)
-    if step is not None:
+    if step is not None and native.enabled():
         return step(grads, opt_state, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
