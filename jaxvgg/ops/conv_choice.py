@@ -35,6 +35,7 @@ from jaxvgg.core.atomic import write_json
 from jaxvgg.core.cache import cache_dir
 from jaxvgg.core.errors import UserError
 from jaxvgg.core.machine import describe_cpu
+from jaxvgg.ops import native
 from jaxvgg.ops.compiler import inference_options
 
 FILE_NAME = "conv-routes.json"
@@ -75,14 +76,16 @@ def rule_only() -> Iterator[None]:
 
 
 def machine_key() -> str:
-    """What a measurement holds for: the CPU, the jax that compiled it, XLA's flags, and whether
-    glibc's allocator keeps freed memory (im2col's patch buffers depend on it, jaxvgg.core.hostmem)."""
+    """What a measurement holds for: the CPU, the jax that compiled it, XLA's flags, whether glibc's
+    allocator keeps freed memory (im2col's patch buffers depend on it, jaxvgg.core.hostmem) and
+    whether im2col's patches come from the hand-written kernel (jaxvgg.ops.native)."""
     flags = os.environ.get("XLA_FLAGS", "")
     malloc = os.environ.get("JAXVGG_MALLOC", "1") == "0"
     return (
         f"{describe_cpu()}; jax {jax.__version__}"
         + (f"; XLA_FLAGS={flags}" if flags else "")
         + ("; JAXVGG_MALLOC=0" if malloc else "")
+        + ("; im2col by hand" if native.enabled() else "")
     )
 
 
