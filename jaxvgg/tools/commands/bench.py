@@ -106,6 +106,7 @@ def bench_jax(
     import jax
 
     from jaxvgg.core.config import TrainConfig
+    from jaxvgg.ops import native
     from jaxvgg.ops.conv import resolve_route
     from jaxvgg.train.loop import build_state
     from jaxvgg.train.steps import compile_steps
@@ -138,6 +139,7 @@ def bench_jax(
         "device": jax.devices()[0].device_kind,
         "conv_route": resolve_route(cfg.conv_route),
         "precision": precision,
+        "native_kernels": native.enabled(),
     }
 
 
@@ -517,6 +519,10 @@ def main() -> None:
         notes = {precision_note(args.precision, platform) for platform in platforms}
         for note in sorted(n for n in notes if n):
             print(f"note: {note}")
+        kernels = {r["jax"]["native_kernels"] for r in rows if "native_kernels" in r.get("jax", {})}
+        for on in sorted(kernels):
+            state = "on" if on else "off (not built, or JAXVGG_NATIVE=0: pure JAX)"
+            print(f"JAX's hand-written CPU kernels (jaxvgg.ops.native): {state}")
     if loader is not None:
         print(format_loader(loader, loader_size))
     result = {"rows": rows, "loader": loader, "cpu_count": os.cpu_count(), "cpu": describe_cpu()}
