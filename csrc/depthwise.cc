@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -72,7 +71,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> wts, i
   auto xd = x.dimensions(), wd = wts.dimensions();
   if (xd.size() != 4 || wd.size() != 3) return ffi::Error::InvalidArgument("depthwise forward: NHWC and KKC arrays");
   const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3], k = wd[0], p = padding;
-  if (wd[1] != k || wd[2] != c || 2 * p != k - 1)
+  if (wd[1] != k || wd[2] != c || 2 * p != k - 1 || out->element_count() != x.element_count())
     return ffi::Error::InvalidArgument("depthwise forward: needs a square filter per channel and padding (k - 1) / 2");
   const T* xp = x.typed_data();
   const T* kp = wts.typed_data();
@@ -91,24 +90,24 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
   auto xd = x.dimensions(), gd = g.dimensions();
   if (xd.size() != 4 || gd.size() != 4) return ffi::Error::InvalidArgument("depthwise weight grad: NHWC arrays");
   const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3], k = kernel_size, p = padding;
-  if (gd[0] != n || gd[1] != h || gd[2] != w || gd[3] != c || 2 * p != k - 1)
+  if (gd[0] != n || gd[1] != h || gd[2] != w || gd[3] != c || 2 * p != k - 1 || out->element_count() != k * k * c)
     return ffi::Error::InvalidArgument("depthwise weight grad: needs stride 1 and padding (k - 1) / 2");
   const int64_t rows = n * h, taps = k * k * c;
   const int64_t chunks = std::max<int64_t>(1, std::min(rows, jaxvgg::kMaxChunks));
-  // The partials outlive this call if a helper task starts after the caller has claimed every chunk.
-  auto partial = std::make_shared<std::vector<T>>(chunks * taps, T(0));
+  std::vector<T> partial(chunks * taps, T(0));
+  T* parts = partial.data();
   const T* xp = x.typed_data();
   const T* gp = g.typed_data();
 
   jaxvgg::InChunks(pool, rows, chunks, [=](int64_t ch, int64_t begin, int64_t end) {
-    T* acc = partial->data() + ch * taps;
+    T* acc = parts + ch * taps;
     for (int64_t r = begin; r < end; ++r) AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
   });
 
   T* o = out->typed_data();
   std::fill(o, o + taps, T(0));
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const T* acc = partial->data() + ch * taps;
+    const T* acc = parts + ch * taps;
     for (int64_t t = 0; t < taps; ++t) o[t] += acc[t];
   }
   return ffi::Error::Success();

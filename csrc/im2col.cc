@@ -22,7 +22,9 @@ ffi::Error Patches(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t kernel_size, 
   if (xd.size() != 4 || od.size() != 4) return ffi::Error::InvalidArgument("im2col: NHWC arrays");
   const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3], k = kernel_size, s = stride, p = padding;
   const int64_t oh = od[1], ow = od[2];
-  if (od[0] != n || od[3] != k * k * c || oh != (h + 2 * p - k) / s + 1 || ow != (w + 2 * p - k) / s + 1)
+  // Python's floor division: a map smaller than the filter has no output rows.
+  auto out_size = [=](int64_t in) { return in + 2 * p >= k ? (in + 2 * p - k) / s + 1 : int64_t{0}; };
+  if (od[0] != n || od[3] != k * k * c || oh != out_size(h) || ow != out_size(w))
     return ffi::Error::InvalidArgument("im2col: output shape does not match kernel, stride and padding");
   const T* xp = x.typed_data();
   T* op = out->typed_data();

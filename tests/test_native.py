@@ -12,6 +12,7 @@ import pytest
 
 from jaxvgg.ops import conv as ops
 from jaxvgg.ops import native
+from jaxvgg.parallel import native_disabled
 from jaxvgg.train.optim import AdamWithStep, apply_gradients, make_optimizer, make_schedule
 
 pytestmark = pytest.mark.skipif(
@@ -155,6 +156,25 @@ def test_adams_one_pass_step_is_optax_update_and_apply(name, rate):
         assert hlo.count(native.ADAM[np.dtype(np.float64)]) == 2  # one call per weight
 
 
+def test_adams_step_without_the_kernel_is_the_same_arithmetic():
+    """Where the kernel does not run (steps for several devices, no library, another backend), the step
+    computes the same in jnp: one run trains alike on one device and on several."""
+    rng = np.random.default_rng(5)
+    tx = make_optimizer("adam", make_schedule("cosine", 1e-2, epochs=3, steps_per_epoch=2), weight_decay=0.1)
+    params = {"w": rng.standard_normal((40, 30)).astype(np.float32)}
+    step = jax.jit(lambda g, s, p: apply_gradients(tx, g, s, p))
+    by_ops = jax.jit(native_disabled(lambda g, s, p: apply_gradients(tx, g, s, p)))
+    fused = plain = tx.init(params)
+    ours = theirs = params
+    for _ in range(4):
+        grads = {"w": rng.standard_normal((40, 30)).astype(np.float32)}
+        ours, fused = step(grads, fused, ours)
+        theirs, plain = by_ops(grads, plain, theirs)
+    assert "jaxvgg_adam" not in by_ops.lower(grads, plain, theirs).compile().as_text()
+    for got, want in zip(jax.tree.leaves((ours, fused)), jax.tree.leaves((theirs, plain)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+
+
 def test_the_dense_convolutions_patches_come_from_the_kernel():
     grad = jax.jit(jax.grad(lambda x, w: (ops._im2col_conv(x, w, 1, 1) ** 2).sum(), argnums=(0, 1)))
     compiled = grad.lower(np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 4, 8), np.float32)).compile().as_text()
@@ -202,7 +222,6 @@ def test_without_the_kernels_the_models_use_pure_jax():
 def test_steps_compiled_for_several_devices_leave_the_kernels_aside():
     """An FFI call has no rule for splitting a sharded batch: traced for several devices, the steps take
     the pure-JAX code (what DataParallel.compile_steps does for a mesh of more than one device)."""
-    from jaxvgg.parallel import native_disabled
 
     def grad(x, w):
         return jax.grad(lambda w: (ops.conv2d(x, w, padding=1, groups=4) ** 2).sum())(w)
@@ -213,3 +232,11 @@ def test_steps_compiled_for_several_devices_leave_the_kernels_aside():
     off = jax.jit(native_disabled(grad)).lower(*args).compile().as_text()
     assert "jaxvgg_depthwise" in plain and "jaxvgg_" not in off
     assert native.enabled()
+
+
+def test_a_library_that_cannot_be_loaded_leaves_pure_jax_with_a_warning(tmp_path, monkeypatch):
+    bad = tmp_path / "_native.so"
+    bad.write_bytes(b"not a shared library")
+    monkeypatch.setattr(native, "library_path", lambda: str(bad))
+    with pytest.warns(UserWarning, match="CPU kernels .* not used"):
+        assert native.available.__wrapped__() is False

@@ -44,7 +44,8 @@ FILE_NAME = "conv-routes.json"
 TIME_PER_CANDIDATE_S = 0.1
 
 _lock = threading.Lock()
-_table: dict[str, dict] | None = None
+# machine key -> that key's measured shapes, as read from disk once per key
+_tables: dict[str, dict[str, dict]] = {}
 _told = False
 
 
@@ -127,10 +128,10 @@ def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...]
 
 
 def _load() -> dict[str, dict]:
-    global _table
-    if _table is None:
-        _table = _entries(_read().get(machine_key()))
-    return _table
+    key = machine_key()
+    if key not in _tables:
+        _tables[key] = _entries(_read().get(key))
+    return _tables[key]
 
 
 def _entries(table: object) -> dict[str, dict]:
@@ -163,6 +164,5 @@ def _save(key: str, entry: dict) -> None:
 
 def forget() -> None:
     """Drop what this process has read (tests; a changed ``JAXVGG_CACHE``)."""
-    global _table
     with _lock:
-        _table = None
+        _tables.clear()

@@ -2,9 +2,12 @@
 XLA:CPU was measured to do slowly (docs/performance.md).
 
 ``pip install -e .`` builds them (setup.py) into ``jaxvgg/ops/_native*.so``. Where that library is
-missing (no compiler at install, the project run from a plain checkout) or ``JAXVGG_NATIVE=0`` is
-set, :func:`available` is False and every caller keeps its pure-JAX code, which computes the same.
-Each call is tied to the CPU backend: traced for another, the caller's pure-JAX code runs instead.
+missing (no compiler at install, the project run from a plain checkout), cannot be loaded or
+registered (a warning says why), or ``JAXVGG_NATIVE=0`` is set, :func:`available` is False and every
+caller keeps its pure-JAX code, which computes the same up to the order of float sums. Each call is
+tied to the CPU backend: traced for another, the caller's pure-JAX code runs instead. They have VJPs
+where the models need them, no forward-mode rules: ``jax.jvp`` of a model on the ``cpu`` route fails
+(nothing here uses it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable, Iterator
 
 import jax
@@ -53,10 +57,16 @@ def available() -> bool:
     try:
         lib = ctypes.CDLL(path)
         handlers = {name: getattr(lib, name) for name in HANDLERS}
-    except (OSError, AttributeError):  # not loadable, or built from older sources: rebuild with pip install -e .
+        for name, handler in handlers.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
+    except Exception as error:  # whatever failed, the pure-JAX code is there and correct
+        why = "built from older sources? " if isinstance(error, AttributeError) else ""
+        warnings.warn(
+            f"jaxvgg's CPU kernels ({path}) not used, {why}{error}; running pure JAX "
+            "(`pip install -e .` rebuilds them, JAXVGG_NATIVE=0 silences this)",
+            stacklevel=2,
+        )
         return False
-    for name, handler in handlers.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 
@@ -87,10 +97,10 @@ def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: C
     """NHWC ``x`` convolved with one (K, K) filter per channel (``kernel`` (K, K, 1, C), HWIO), stride
     1, in one pass; the same as ``fallback()``, which runs on any backend but the CPU. Check
     :func:`depthwise_supported` first."""
-    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
     if not enabled():
         return fallback()
+    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
     return lax.platform_dependent(cpu=lambda: call(x, kernel[:, :, 0], padding=np.int64(padding)), default=fallback)
 
 
@@ -100,13 +110,13 @@ def depthwise_weight_grad(
     """(K, K, C): the weight gradient of a stride-1 depthwise convolution of NHWC ``x`` whose output
     gradient is ``g``, in one pass over both. Check :func:`depthwise_supported` first;
     ``fallback()`` gives the same by other means and is what runs on any backend but the CPU."""
+    if not enabled():
+        return fallback()
     call = jax.ffi.ffi_call(
         DEPTHWISE_WEIGHT_GRAD[x.dtype],
         jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype),
         vmap_method="sequential",
     )
-    if not enabled():
-        return fallback()
     return lax.platform_dependent(
         cpu=lambda: call(x, g, kernel_size=np.int64(kernel_size), padding=np.int64(padding)), default=fallback
     )
@@ -120,18 +130,19 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
     """(N, OH, OW, K*K*C): every output position's zero-padded KxK patch of NHWC ``x``, ordered like
     an HWIO kernel reshaped to (K*K*C, O), in one pass; the same as ``fallback()``, which runs on any
     backend but the CPU. Check :func:`im2col_supported` first."""
-    n, h, w, c = x.shape
-    oh, ow = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
-    out = jax.ShapeDtypeStruct((n, oh, ow, kernel_size * kernel_size * c), x.dtype)
-    call = jax.ffi.ffi_call(IM2COL[x.dtype], out, vmap_method="sequential")
-    attrs = {"kernel_size": np.int64(kernel_size), "stride": np.int64(stride), "padding": np.int64(padding)}
     if not enabled():
         return fallback()
+    n, h, w, c = x.shape
+    oh, ow = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
+    out = jax.ShapeDtypeStruct((n, max(oh, 0), max(ow, 0), kernel_size * kernel_size * c), x.dtype)
+    call = jax.ffi.ffi_call(IM2COL[x.dtype], out, vmap_method="sequential")
+    attrs = {"kernel_size": np.int64(kernel_size), "stride": np.int64(stride), "padding": np.int64(padding)}
     return lax.platform_dependent(cpu=lambda: call(x, **attrs), default=fallback)
 
 
-def adam_supported(weight: jax.Array) -> bool:
-    return weight.dtype in ADAM and enabled()
+def adam_supported(weight: jax.Array, *others: jax.Array) -> bool:
+    """The kernel's case: float32/64, the gradient and moments in the weight's dtype."""
+    return weight.dtype in ADAM and all(o.dtype == weight.dtype for o in others) and enabled()
 
 
 def adam(
@@ -145,12 +156,12 @@ def adam(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(weight, mu, nu) after one Adam (``decoupled``: AdamW) step, in one pass that overwrites the
     three in place; ``hyper`` is [lr, b1, 1 - b1, b2, 1 - b2, eps, weight decay, 1 - b1^t, 1 - b2^t]
-    in the weight's dtype. The same as ``fallback()``, which runs on any backend but the CPU. Check
-    :func:`adam_supported` first."""
+    in the weight's dtype. The same as ``fallback()``, which runs instead on any backend but the CPU
+    and wherever :func:`adam_supported` is not."""
+    if not adam_supported(weight, grad, mu, nu):
+        return fallback()
     like = jax.ShapeDtypeStruct(weight.shape, weight.dtype)
     call = jax.ffi.ffi_call(ADAM[weight.dtype], (like, like, like), input_output_aliases={0: 0, 2: 1, 3: 2})
-    if not enabled():
-        return fallback()
     return lax.platform_dependent(
         cpu=lambda: tuple(call(weight, grad, mu, nu, hyper, decoupled=np.int64(decoupled))), default=fallback
     )
