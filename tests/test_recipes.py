@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 # jump, or they learned too slowly (docs/recipes.md, "Defaults for any model").
 BATCH_8 = {"student_cnn", "vgg16_gap_bn", "vgg16", "vgg16_gap", "resnet50", "vgg16_manual", "vgg11", "vgg13", "vgg19"}
 
-STEPS = 40  # a few dozen: the runs meet the bar in 10-36 steps, most by 25 (docs/recipes.md)
+STEPS = 50  # a few dozen: the runs meet the bar in 10-41 steps, most by 25 (docs/recipes.md)
 WINDOW = 5  # steps whose median is taken at each end: a batch-8 loss is noisy
 FALL = 0.8  # the last window's median below this share of the first's
 BELOW_CHANCE = 0.95  # ... and below this share of ln C
@@ -52,7 +52,7 @@ def test_the_bar_needs_two_windows_a_clear_fall_and_a_loss_below_chance():
 
 
 def test_a_model_that_does_not_learn_fails_the_bar(shapes, tmp_path):
-    """At a rate of 1e-7 nothing is learned in 40 steps: the bar is never met and the run goes the
+    """At a rate of 1e-7 nothing is learned in 50 steps: the bar is never met and the run goes the
     whole way (PyTorch, `student_cnn`: a few seconds)."""
     run = str(tmp_path / "run")
     cfg = TrainConfig(model="student_cnn", data_dir=str(shapes), image_size=32, batch_size=8, lr=1e-7, out_dir=run)
