@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -37,6 +37,7 @@ from jaxvgg.core.errors import UserError
 from jaxvgg.core.machine import describe_cpu
 from jaxvgg.ops import native
 from jaxvgg.ops.compiler import inference_options
+from jaxvgg.ops.switch import set_within
 
 FILE_NAME = "conv-routes.json"
 # A candidate is timed until this much time has gone into it (at least two calls after a warm-up);
@@ -66,14 +67,9 @@ def measuring_allowed() -> bool:
     )
 
 
-@contextlib.contextmanager
-def rule_only() -> Iterator[None]:
+def rule_only() -> contextlib.AbstractContextManager[None]:
     """Trace with the fixed rule: for shape-only passes (``jax.eval_shape``), which compute nothing."""
-    token = _rule_only.set(True)
-    try:
-        yield
-    finally:
-        _rule_only.reset(token)
+    return set_within(_rule_only, True)
 
 
 def machine_key() -> str:

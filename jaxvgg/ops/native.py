@@ -19,12 +19,14 @@ import functools
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxvgg.ops.switch import set_within
 
 LIBRARY = "jaxvgg.ops._native"
 # dtype -> the handler's name in the library (and the FFI target it is registered as)
@@ -70,16 +72,11 @@ def available() -> bool:
     return True
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
+def disabled() -> contextlib.AbstractContextManager[None]:
     """Functions traced inside take their pure-JAX code. For steps compiled for several devices: an FFI
     call carries no rule for splitting its work, so under a batch-sharded ``jit`` XLA would gather the
     whole batch onto every device and each would compute all of it."""
-    token = _OFF.set(True)
-    try:
-        yield
-    finally:
-        _OFF.reset(token)
+    return set_within(_OFF, True)
 
 
 def enabled() -> bool:
