@@ -5,7 +5,8 @@ The route is a field of each convolution layer, chosen when the model is built
 so it is part of what ``jax.jit`` traces and caches. Under ``cpu`` one more choice is made when a
 forward that is not differentiated is traced: XLA's convolution or im2col's, by what was measured
 faster for the shape on this CPU (:mod:`jaxvgg.ops.conv_choice`); a function already traced keeps
-the choice it was traced with.
+the choice it was traced with. Where the C++ kernels are built (:mod:`jaxvgg.ops.native`), im2col's
+patches and the depthwise convolution under differentiation are theirs.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def _native_patches(x: jax.Array, k: int, stride: int, padding: int) -> jax.Arra
 
 
 def _native_patches_fwd(x, k, stride, padding):
+    # The transpose needs x's shape and dtype only: a zero-sized residual carries them, not x.
     return _native_patches(x, k, stride, padding), jnp.zeros((0, *x.shape), x.dtype)
 
 
