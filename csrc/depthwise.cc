@@ -22,43 +22,34 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Adds one output row's contribution (image n, output row y) to acc[K*K*C].
-template <typename T>
-JAXVGG_CLONES void AccumulateRow(const T* __restrict x, const T* __restrict g, T* __restrict acc, int64_t n,
-                                 int64_t y, int64_t h, int64_t w, int64_t c, int64_t k, int64_t p) {
-  const T* grow = g + (n * h + y) * w * c;  // stride 1, "same"-sized: the output is h x w when 2p = k - 1
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t xr = y + i - p;
-    if (xr < 0 || xr >= h) continue;
-    const T* xrow = x + (n * h + xr) * w * c;
-    for (int64_t j = 0; j < k; ++j) {
-      T* __restrict a = acc + (i * k + j) * c;
-      const int64_t lo = std::max<int64_t>(0, p - j), hi = std::min<int64_t>(w, w + p - j);
-      for (int64_t col = lo; col < hi; ++col) {
-        const T* __restrict xs = xrow + (col + j - p) * c;
-        const T* __restrict gs = grow + col * c;
-        for (int64_t ch = 0; ch < c; ++ch) a[ch] += xs[ch] * gs[ch];
-      }
-    }
-  }
-}
-
-// One output row (image n, row r): out[w*C] = sum of K*K shifted input rows times their taps.
-template <typename T>
-JAXVGG_CLONES void ForwardRow(const T* __restrict x, const T* __restrict wts, T* __restrict out, int64_t n, int64_t r,
-                              int64_t h, int64_t w, int64_t c, int64_t k, int64_t p) {
-  std::fill(out, out + w * c, T(0));
+// One output row (image n, row r) of the K*K shifted input rows. The forward writes that row of the
+// output: out[w*C], the sum of the shifted rows times their filter taps (`other` the K*K*C filters).
+// The weight gradient adds the row's share to acc[K*K*C]: each shifted row times the row's output
+// gradient (`other` the whole output gradient), summed over the row.
+template <typename T, bool kWeightGrad>
+JAXVGG_CLONES void Row(const T* __restrict x, const T* __restrict other, T* __restrict out, int64_t n, int64_t r,
+                       int64_t h, int64_t w, int64_t c, int64_t k, int64_t p) {
+  // stride 1 and "same" padding: the output is h x w, as the input
+  const T* grow = kWeightGrad ? other + (n * h + r) * w * c : nullptr;
+  if constexpr (!kWeightGrad) std::fill(out, out + w * c, T(0));
   for (int64_t i = 0; i < k; ++i) {
     const int64_t xr = r + i - p;
     if (xr < 0 || xr >= h) continue;
     const T* xrow = x + (n * h + xr) * w * c;
     for (int64_t j = 0; j < k; ++j) {
-      const T* __restrict tap = wts + (i * k + j) * c;
+      const int64_t tap = (i * k + j) * c;
       const int64_t lo = std::max<int64_t>(0, p - j), hi = std::min<int64_t>(w, w + p - j);
       for (int64_t col = lo; col < hi; ++col) {
         const T* __restrict xs = xrow + (col + j - p) * c;
-        T* __restrict o = out + col * c;
-        for (int64_t ch = 0; ch < c; ++ch) o[ch] += xs[ch] * tap[ch];
+        if constexpr (kWeightGrad) {
+          T* __restrict a = out + tap;
+          const T* __restrict gs = grow + col * c;
+          for (int64_t ch = 0; ch < c; ++ch) a[ch] += xs[ch] * gs[ch];
+        } else {
+          const T* __restrict f = other + tap;
+          T* __restrict o = out + col * c;
+          for (int64_t ch = 0; ch < c; ++ch) o[ch] += xs[ch] * f[ch];
+        }
       }
     }
   }
@@ -78,7 +69,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> wts, i
   T* o = out->typed_data();
   const int64_t rows = n * h;
   jaxvgg::InChunks(pool, rows, std::max<int64_t>(1, std::min(rows, jaxvgg::kMaxChunks)), [=](int64_t, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) ForwardRow<T>(xp, kp, o + r * w * c, r / h, r % h, h, w, c, k, p);
+    for (int64_t r = begin; r < end; ++r) Row<T, false>(xp, kp, o + r * w * c, r / h, r % h, h, w, c, k, p);
   });
   return ffi::Error::Success();
 }
@@ -101,7 +92,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
 
   jaxvgg::InChunks(pool, rows, chunks, [=](int64_t ch, int64_t begin, int64_t end) {
     T* acc = parts + ch * taps;
-    for (int64_t r = begin; r < end; ++r) AccumulateRow<T>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
+    for (int64_t r = begin; r < end; ++r) Row<T, true>(xp, gp, acc, r / h, r % h, h, w, c, k, p);
   });
 
   T* o = out->typed_data();

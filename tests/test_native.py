@@ -240,3 +240,23 @@ def test_a_library_that_cannot_be_loaded_leaves_pure_jax_with_a_warning(tmp_path
     monkeypatch.setattr(native, "library_path", lambda: str(bad))
     with pytest.warns(UserWarning, match="CPU kernels .* not used"):
         assert native.available.__wrapped__() is False
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare one thread with several")
+def test_depthwise_weight_grad_is_the_same_bits_on_one_core_and_on_all():
+    """Its per-chunk sums are added in chunk order, and the chunks do not depend on the thread count."""
+    code = (
+        "import os, sys, hashlib; os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')}); "
+        "import jax, numpy as np; from jaxvgg.ops import native; from jaxvgg.ops.conv import _depthwise_weight_grad; "
+        "x, g = np.random.default_rng(7).standard_normal((2, 4, 48, 48, 32)).astype(np.float32); "
+        "pure = lambda a, b: _depthwise_weight_grad(a, b, 3, 3, 1); "
+        "f = jax.jit(lambda a, b: native.depthwise_weight_grad(a, b, 3, 1, lambda: pure(a, b))); "
+        "print(hashlib.sha256(np.asarray(f(x, g)).tobytes()).hexdigest())"
+    )
+    every = ",".join(str(c) for c in range(os.cpu_count()))
+    digests = []
+    for cores in ("0", every):
+        done = subprocess.run([sys.executable, "-c", code, cores], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip())
+    assert digests[0] == digests[1]

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +30,18 @@ from jax import lax
 from jaxvgg.ops.switch import set_within
 
 LIBRARY = "jaxvgg.ops._native"
-# dtype -> the handler's name in the library (and the FFI target it is registered as)
-DEPTHWISE_FORWARD = {
-    jnp.dtype(jnp.float32): "jaxvgg_depthwise_forward_f32",
-    jnp.dtype(jnp.float64): "jaxvgg_depthwise_forward_f64",
-}
-DEPTHWISE_WEIGHT_GRAD = {
-    jnp.dtype(jnp.float32): "jaxvgg_depthwise_weight_grad_f32",
-    jnp.dtype(jnp.float64): "jaxvgg_depthwise_weight_grad_f64",
-}
-IM2COL = {jnp.dtype(jnp.float32): "jaxvgg_im2col_f32", jnp.dtype(jnp.float64): "jaxvgg_im2col_f64"}
-ADAM = {jnp.dtype(jnp.float32): "jaxvgg_adam_f32", jnp.dtype(jnp.float64): "jaxvgg_adam_f64"}
-HANDLERS = [*DEPTHWISE_FORWARD.values(), *DEPTHWISE_WEIGHT_GRAD.values(), *IM2COL.values(), *ADAM.values()]
 
+
+def _per_dtype(kernel: str) -> dict[jnp.dtype, str]:
+    """dtype -> the handler's name in the library (and the FFI target it is registered as)."""
+    return {jnp.dtype(jnp.float32): f"jaxvgg_{kernel}_f32", jnp.dtype(jnp.float64): f"jaxvgg_{kernel}_f64"}
+
+
+DEPTHWISE_FORWARD = _per_dtype("depthwise_forward")
+DEPTHWISE_WEIGHT_GRAD = _per_dtype("depthwise_weight_grad")
+IM2COL = _per_dtype("im2col")
+ADAM = _per_dtype("adam")
+HANDLERS = [name for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL, ADAM) for name in table.values()]
 
 _OFF = contextvars.ContextVar("jaxvgg_native_off", default=False)
 
@@ -92,31 +92,20 @@ def depthwise_supported(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
 
 def depthwise_forward(x: jax.Array, kernel: jax.Array, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
     """NHWC ``x`` convolved with one (K, K) filter per channel (``kernel`` (K, K, 1, C), HWIO), stride
-    1, in one pass; the same as ``fallback()``, which runs on any backend but the CPU. Check
-    :func:`depthwise_supported` first."""
-    if not enabled():
-        return fallback()
+    1, in one pass; the same as ``fallback()``. Check :func:`depthwise_supported` first."""
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    call = jax.ffi.ffi_call(DEPTHWISE_FORWARD[x.dtype], out, vmap_method="sequential")
-    return lax.platform_dependent(cpu=lambda: call(x, kernel[:, :, 0], padding=np.int64(padding)), default=fallback)
+    return _on_cpu(DEPTHWISE_FORWARD, out, (x, kernel[:, :, 0]), {"padding": padding}, fallback)
 
 
 def depthwise_weight_grad(
     x: jax.Array, g: jax.Array, kernel_size: int, padding: int, fallback: Callable[[], jax.Array]
 ) -> jax.Array:
     """(K, K, C): the weight gradient of a stride-1 depthwise convolution of NHWC ``x`` whose output
-    gradient is ``g``, in one pass over both. Check :func:`depthwise_supported` first;
-    ``fallback()`` gives the same by other means and is what runs on any backend but the CPU."""
-    if not enabled():
-        return fallback()
-    call = jax.ffi.ffi_call(
-        DEPTHWISE_WEIGHT_GRAD[x.dtype],
-        jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype),
-        vmap_method="sequential",
-    )
-    return lax.platform_dependent(
-        cpu=lambda: call(x, g, kernel_size=np.int64(kernel_size), padding=np.int64(padding)), default=fallback
-    )
+    gradient is ``g``, in one pass over both; the same as ``fallback()``. Check
+    :func:`depthwise_supported` first."""
+    out = jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1]), x.dtype)
+    attrs = {"kernel_size": kernel_size, "padding": padding}
+    return _on_cpu(DEPTHWISE_WEIGHT_GRAD, out, (x, g), attrs, fallback)
 
 
 def im2col_supported(x: jax.Array) -> bool:
@@ -125,16 +114,13 @@ def im2col_supported(x: jax.Array) -> bool:
 
 def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: Callable[[], jax.Array]) -> jax.Array:
     """(N, OH, OW, K*K*C): every output position's zero-padded KxK patch of NHWC ``x``, ordered like
-    an HWIO kernel reshaped to (K*K*C, O), in one pass; the same as ``fallback()``, which runs on any
-    backend but the CPU. Check :func:`im2col_supported` first."""
-    if not enabled():
-        return fallback()
+    an HWIO kernel reshaped to (K*K*C, O), in one pass; the same as ``fallback()``. Check
+    :func:`im2col_supported` first."""
     n, h, w, c = x.shape
     oh, ow = (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
     out = jax.ShapeDtypeStruct((n, max(oh, 0), max(ow, 0), kernel_size * kernel_size * c), x.dtype)
-    call = jax.ffi.ffi_call(IM2COL[x.dtype], out, vmap_method="sequential")
-    attrs = {"kernel_size": np.int64(kernel_size), "stride": np.int64(stride), "padding": np.int64(padding)}
-    return lax.platform_dependent(cpu=lambda: call(x, **attrs), default=fallback)
+    attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+    return _on_cpu(IM2COL, out, (x,), attrs, fallback)
 
 
 def adam_supported(weight: jax.Array, *others: jax.Array) -> bool:
@@ -153,12 +139,28 @@ def adam(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(weight, mu, nu) after one Adam (``decoupled``: AdamW) step, in one pass that overwrites the
     three in place; ``hyper`` is [lr, b1, 1 - b1, b2, 1 - b2, eps, weight decay, 1 - b1^t, 1 - b2^t]
-    in the weight's dtype. The same as ``fallback()``, which runs instead on any backend but the CPU
-    and wherever :func:`adam_supported` is not."""
+    in the weight's dtype. The same as ``fallback()``, which also runs wherever
+    :func:`adam_supported` is not."""
     if not adam_supported(weight, grad, mu, nu):
         return fallback()
     like = jax.ShapeDtypeStruct(weight.shape, weight.dtype)
-    call = jax.ffi.ffi_call(ADAM[weight.dtype], (like, like, like), input_output_aliases={0: 0, 2: 1, 3: 2})
-    return lax.platform_dependent(
-        cpu=lambda: tuple(call(weight, grad, mu, nu, hyper, decoupled=np.int64(decoupled))), default=fallback
-    )
+    args = (weight, grad, mu, nu, hyper)
+    out = _on_cpu(ADAM, (like, like, like), args, {"decoupled": decoupled}, fallback, aliases={0: 0, 2: 1, 3: 2})
+    return tuple(out)
+
+
+def _on_cpu(
+    targets: dict[jnp.dtype, str],
+    out: Any,
+    args: tuple[jax.Array, ...],
+    attrs: dict[str, int],
+    fallback: Callable[[], Any],
+    aliases: dict[int, int] | None = None,
+) -> Any:
+    """The kernel for the first argument's dtype on the CPU (integer attributes), ``fallback()`` on any
+    other backend and wherever the kernels are not :func:`enabled`."""
+    if not enabled():
+        return fallback()
+    call = jax.ffi.ffi_call(targets[args[0].dtype], out, vmap_method="sequential", input_output_aliases=aliases or {})
+    ints = {name: np.int64(value) for name, value in attrs.items()}
+    return lax.platform_dependent(cpu=lambda: call(*args, **ints), default=fallback)
