@@ -63,21 +63,21 @@ ffi::Error Adam(ffi::ThreadPool pool, ffi::Buffer<D> w, ffi::Buffer<D> g, ffi::B
   return ffi::Error::Success();
 }
 
+template <ffi::DataType D>
+auto AdamBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Attr<int64_t>("decoupled")
+      .Ret<ffi::Buffer<D>>()
+      .Ret<ffi::Buffer<D>>()
+      .Ret<ffi::Buffer<D>>();
+}
+
 }  // namespace
 
-#define JAXVGG_ADAM(NAME, DTYPE)                           \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Adam<DTYPE>,         \
-                                ffi::Ffi::Bind()           \
-                                    .Ctx<ffi::ThreadPool>() \
-                                    .Arg<ffi::Buffer<DTYPE>>() \
-                                    .Arg<ffi::Buffer<DTYPE>>() \
-                                    .Arg<ffi::Buffer<DTYPE>>() \
-                                    .Arg<ffi::Buffer<DTYPE>>() \
-                                    .Arg<ffi::Buffer<DTYPE>>() \
-                                    .Attr<int64_t>("decoupled") \
-                                    .Ret<ffi::Buffer<DTYPE>>() \
-                                    .Ret<ffi::Buffer<DTYPE>>() \
-                                    .Ret<ffi::Buffer<DTYPE>>());
-
-JAXVGG_ADAM(jaxvgg_adam_f32, ffi::F32)
-JAXVGG_ADAM(jaxvgg_adam_f64, ffi::F64)
+JAXVGG_EXPORT_F32_F64(adam, Adam, AdamBinding)

@@ -18,6 +18,12 @@
 #define JAXVGG_CLONES
 #endif
 
+// Exports IMPL<D> as the FFI handlers jaxvgg_<KERNEL>_f32 and jaxvgg_<KERNEL>_f64, the names that
+// jaxvgg/ops/native.py registers, bound by BINDING<D>() (its arguments, attributes and results).
+#define JAXVGG_EXPORT_F32_F64(KERNEL, IMPL, BINDING)                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxvgg_##KERNEL##_f32, IMPL<xla::ffi::F32>, BINDING<xla::ffi::F32>()); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxvgg_##KERNEL##_f64, IMPL<xla::ffi::F64>, BINDING<xla::ffi::F64>());
+
 namespace jaxvgg {
 
 // A fixed number of chunks, whatever the number of threads: a kernel that sums per chunk and adds

@@ -104,28 +104,28 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
   return ffi::Error::Success();
 }
 
+template <ffi::DataType D>
+auto WeightGradBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Attr<int64_t>("kernel_size")
+      .Attr<int64_t>("padding")
+      .Ret<ffi::Buffer<D>>();
+}
+
+template <ffi::DataType D>
+auto ForwardBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<D>>()
+      .Arg<ffi::Buffer<D>>()
+      .Attr<int64_t>("padding")
+      .Ret<ffi::Buffer<D>>();
+}
+
 }  // namespace
 
-#define JAXVGG_WEIGHT_GRAD(NAME, DTYPE)                                  \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, WeightGrad<DTYPE>,                 \
-                                ffi::Ffi::Bind()                         \
-                                    .Ctx<ffi::ThreadPool>()              \
-                                    .Arg<ffi::Buffer<DTYPE>>()           \
-                                    .Arg<ffi::Buffer<DTYPE>>()           \
-                                    .Attr<int64_t>("kernel_size")        \
-                                    .Attr<int64_t>("padding")            \
-                                    .Ret<ffi::Buffer<DTYPE>>());
-
-#define JAXVGG_FORWARD(NAME, DTYPE)                                                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Forward<DTYPE>,                                        \
-                                ffi::Ffi::Bind()                                             \
-                                    .Ctx<ffi::ThreadPool>()                                  \
-                                    .Arg<ffi::Buffer<DTYPE>>()                               \
-                                    .Arg<ffi::Buffer<DTYPE>>()                               \
-                                    .Attr<int64_t>("padding")                                \
-                                    .Ret<ffi::Buffer<DTYPE>>());
-
-JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f32, ffi::F32)
-JAXVGG_WEIGHT_GRAD(jaxvgg_depthwise_weight_grad_f64, ffi::F64)
-JAXVGG_FORWARD(jaxvgg_depthwise_forward_f32, ffi::F32)
-JAXVGG_FORWARD(jaxvgg_depthwise_forward_f64, ffi::F64)
+JAXVGG_EXPORT_F32_F64(depthwise_weight_grad, WeightGrad, WeightGradBinding)
+JAXVGG_EXPORT_F32_F64(depthwise_forward, Forward, ForwardBinding)

@@ -56,17 +56,17 @@ ffi::Error Patches(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t kernel_size, 
   return ffi::Error::Success();
 }
 
+template <ffi::DataType D>
+auto PatchesBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<D>>()
+      .Attr<int64_t>("kernel_size")
+      .Attr<int64_t>("stride")
+      .Attr<int64_t>("padding")
+      .Ret<ffi::Buffer<D>>();
+}
+
 }  // namespace
 
-#define JAXVGG_PATCHES(NAME, DTYPE)                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Patches<DTYPE>,                           \
-                                ffi::Ffi::Bind()                                \
-                                    .Ctx<ffi::ThreadPool>()                     \
-                                    .Arg<ffi::Buffer<DTYPE>>()                  \
-                                    .Attr<int64_t>("kernel_size")               \
-                                    .Attr<int64_t>("stride")                    \
-                                    .Attr<int64_t>("padding")                   \
-                                    .Ret<ffi::Buffer<DTYPE>>());
-
-JAXVGG_PATCHES(jaxvgg_im2col_f32, ffi::F32)
-JAXVGG_PATCHES(jaxvgg_im2col_f64, ffi::F64)
+JAXVGG_EXPORT_F32_F64(im2col, Patches, PatchesBinding)
