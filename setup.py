@@ -7,6 +7,7 @@ without them and the models use their pure-JAX code instead.
 
 import importlib.util
 import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
@@ -17,11 +18,21 @@ def ffi_include_dir() -> str:
     return os.path.join(spec.submodule_search_locations[0], "include") if spec else ""
 
 
+def csrc_fingerprint() -> str:
+    """jaxvgg/ops/csrc_fingerprint.py's, loaded by path: neither jax nor jaxvgg is importable here."""
+    path = Path(__file__).resolve().parent / "jaxvgg" / "ops" / "csrc_fingerprint.py"
+    spec = importlib.util.spec_from_file_location("csrc_fingerprint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.csrc_fingerprint(path.parents[2])
+
+
 native = Extension(
     "jaxvgg.ops._native",
-    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc"],
+    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc", "csrc/fingerprint.cc"],
     depends=["csrc/common.h"],
     include_dirs=[ffi_include_dir()],
+    define_macros=[("JAXVGG_CSRC_FINGERPRINT", f'"{csrc_fingerprint()}"')],
     language="c++",
     # No fused multiply-adds, so each product and sum rounds as in the pure-JAX code the kernels stand in
     # for; no errno from sqrt, which would keep Adam's loop from vectorising. The warnings are XLA's headers'.

@@ -66,16 +66,16 @@ ffi::Error Adam(ffi::ThreadPool pool, ffi::Buffer<D> w, ffi::Buffer<D> g, ffi::B
 template <ffi::DataType D>
 auto AdamBinding() {
   return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Attr<int64_t>("decoupled")
-      .Ret<ffi::Buffer<D>>()
-      .Ret<ffi::Buffer<D>>()
-      .Ret<ffi::Buffer<D>>();
+      .template Ctx<ffi::ThreadPool>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Attr<int64_t>("decoupled")
+      .template Ret<ffi::Buffer<D>>()
+      .template Ret<ffi::Buffer<D>>()
+      .template Ret<ffi::Buffer<D>>();
 }
 
 }  // namespace

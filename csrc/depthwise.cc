@@ -107,22 +107,22 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> g, 
 template <ffi::DataType D>
 auto WeightGradBinding() {
   return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Attr<int64_t>("kernel_size")
-      .Attr<int64_t>("padding")
-      .Ret<ffi::Buffer<D>>();
+      .template Ctx<ffi::ThreadPool>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Attr<int64_t>("kernel_size")
+      .template Attr<int64_t>("padding")
+      .template Ret<ffi::Buffer<D>>();
 }
 
 template <ffi::DataType D>
 auto ForwardBinding() {
   return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<D>>()
-      .Arg<ffi::Buffer<D>>()
-      .Attr<int64_t>("padding")
-      .Ret<ffi::Buffer<D>>();
+      .template Ctx<ffi::ThreadPool>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Attr<int64_t>("padding")
+      .template Ret<ffi::Buffer<D>>();
 }
 
 }  // namespace

@@ -59,12 +59,12 @@ ffi::Error Patches(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t kernel_size, 
 template <ffi::DataType D>
 auto PatchesBinding() {
   return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<D>>()
-      .Attr<int64_t>("kernel_size")
-      .Attr<int64_t>("stride")
-      .Attr<int64_t>("padding")
-      .Ret<ffi::Buffer<D>>();
+      .template Ctx<ffi::ThreadPool>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Attr<int64_t>("kernel_size")
+      .template Attr<int64_t>("stride")
+      .template Attr<int64_t>("padding")
+      .template Ret<ffi::Buffer<D>>();
 }
 
 }  // namespace

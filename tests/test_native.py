@@ -12,6 +12,7 @@ import pytest
 
 from jaxvgg.ops import conv as ops
 from jaxvgg.ops import native
+from jaxvgg.ops.csrc_fingerprint import csrc_fingerprint
 from jaxvgg.parallel import native_disabled
 from jaxvgg.train.optim import AdamWithStep, apply_gradients, make_optimizer, make_schedule
 
@@ -240,6 +241,26 @@ def test_a_library_that_cannot_be_loaded_leaves_pure_jax_with_a_warning(tmp_path
     monkeypatch.setattr(native, "library_path", lambda: str(bad))
     with pytest.warns(UserWarning, match="CPU kernels .* not used"):
         assert native.available.__wrapped__() is False
+
+
+def test_a_library_built_from_other_sources_is_not_used(monkeypatch):
+    """An editable install is not rebuilt when csrc/ changes: the stale library must not stand in."""
+    assert native.available.__wrapped__() is True
+    monkeypatch.setattr(native, "csrc_fingerprint", lambda: "0123456789abcdef")
+    with pytest.warns(UserWarning, match="built from other sources than csrc/'s"):
+        assert native.available.__wrapped__() is False
+
+
+def test_the_fingerprint_follows_every_source_file(tmp_path):
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "setup.py").write_text("setup()")
+    (tmp_path / "csrc" / "a.cc").write_text("int a;")
+    first = csrc_fingerprint(tmp_path)
+    (tmp_path / "csrc" / "common.h").write_text("#pragma once")
+    second = csrc_fingerprint(tmp_path)
+    (tmp_path / "setup.py").write_text("setup(ext_modules=[])")
+    assert len({first, second, csrc_fingerprint(tmp_path)}) == 3
+    assert csrc_fingerprint(tmp_path / "elsewhere") is None
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare one thread with several")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxvgg.ops.csrc_fingerprint import csrc_fingerprint
 from jaxvgg.ops.switch import set_within
 
 LIBRARY = "jaxvgg.ops._native"
@@ -58,18 +59,29 @@ def available() -> bool:
         return False
     try:
         lib = ctypes.CDLL(path)
+        if (built := _built_from(lib)) != (here := csrc_fingerprint()) and here is not None:
+            raise RuntimeError(f"it was built from other sources than csrc/'s (fingerprint {built}, not {here})")
         handlers = {name: getattr(lib, name) for name in HANDLERS}
         for name, handler in handlers.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     except Exception as error:  # whatever failed, the pure-JAX code is there and correct
-        why = "built from older sources? " if isinstance(error, AttributeError) else ""
         warnings.warn(
-            f"jaxvgg's CPU kernels ({path}) not used, {why}{error}; running pure JAX "
+            f"jaxvgg's CPU kernels ({path}) not used: {error}; running pure JAX "
             "(`pip install -e .` rebuilds them, JAXVGG_NATIVE=0 silences this)",
             stacklevel=2,
         )
         return False
     return True
+
+
+def _built_from(lib: ctypes.CDLL) -> str | None:
+    """The csrc/ fingerprint compiled into ``lib``; None for a library older than the fingerprint."""
+    try:
+        get = lib.jaxvgg_csrc_fingerprint
+    except AttributeError:
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode()
 
 
 def disabled() -> contextlib.AbstractContextManager[None]:
