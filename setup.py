@@ -29,7 +29,7 @@ def csrc_fingerprint() -> str:
 
 native = Extension(
     "jaxvgg.ops._native",
-    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc", "csrc/fingerprint.cc"],
+    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc", "csrc/gemm_bf16.cc", "csrc/fingerprint.cc"],
     depends=["csrc/common.h"],
     include_dirs=[ffi_include_dir()],
     define_macros=[("JAXVGG_CSRC_FINGERPRINT", f'"{csrc_fingerprint()}"')],

@@ -70,3 +70,5 @@ auto PatchesBinding() {
 }  // namespace
 
 JAXVGG_EXPORT_F32_F64(im2col, Patches, PatchesBinding)
+// Patches only move numbers: bfloat16's (two bytes each, zero the same bits) go the same way.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxvgg_im2col_bf16, Patches<ffi::BF16>, PatchesBinding<ffi::BF16>());

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -97,7 +98,7 @@ IM2COL_CASES = [
 def test_im2col_is_the_sliced_patches_exactly(case):
     n, h, w, c, k, s, p = case
     rng = np.random.default_rng(sum(case))
-    for dtype in (np.float32, np.float64):
+    for dtype in (np.float32, np.float64, jnp.bfloat16):
         x = rng.standard_normal((n, h, w, c)).astype(dtype)
         with jax.enable_x64(dtype == np.float64):
             sliced = np.asarray(jax.jit(lambda a: ops._sliced_patches(a, k, k, s, p))(x))
@@ -187,6 +188,71 @@ def test_the_depthwise_convolution_and_its_gradients_call_the_kernels():
     compiled = grad.lower(np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 1, 4), np.float32)).compile().as_text()
     assert native.DEPTHWISE_WEIGHT_GRAD[np.dtype(np.float32)] in compiled
     assert compiled.count(native.DEPTHWISE_FORWARD[np.dtype(np.float32)]) >= 2  # forward and input gradient
+
+
+bf16_here = pytest.mark.skipif(
+    not native.matmul_bf16_runs_here(), reason="the bfloat16 GEMM needs AVX-512 BF16, which this CPU lacks"
+)
+
+
+def bf16_ulps_apart(got, want) -> int:
+    """The most bfloat16 steps between two arrays of one sign pattern (their bits as integers)."""
+    as_int = lambda a: np.asarray(jax.lax.bitcast_convert_type(a, jnp.int16)).astype(np.int64)
+    return int(np.abs(as_int(got) - as_int(want)).max())
+
+
+# (M, K, N): fewer rows than a tile, rows that are not a multiple of 8 nor of a 64-row block, the
+# smallest even K, several column panels, and K as in VGG's 512-channel layers
+BF16_SHAPES = [(1, 2, 32), (7, 64, 32), (13, 576, 64), (70, 30, 96), (200, 1152, 256), (129, 4608, 32)]
+
+
+@bf16_here
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_bf16_gemm_is_xlas_bf16_dot_to_one_rounding(shape):
+    """Both sum float32 products of the bfloat16 operands and round once, in orders of their own: on
+    small K the same bits, on large K at most one bfloat16 step apart (same as the exact product's)."""
+    m, k, n = shape
+    rng = np.random.default_rng(sum(shape))
+    a, b = (jnp.asarray(rng.standard_normal(s)).astype(jnp.bfloat16) for s in ((m, k), (k, n)))
+    assert native.matmul_bf16_supported(a, b)
+    got = jax.jit(lambda a, b: native.matmul_bf16(a, b, fallback=lambda: a @ b))(a, b)
+    xla = jax.jit(lambda a, b: a @ b)(a, b)
+    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    assert got.dtype == jnp.bfloat16 and got.shape == (m, n)
+    assert bf16_ulps_apart(got, xla) <= 1
+    np.testing.assert_allclose(np.asarray(got, np.float64), exact, rtol=2**-8, atol=1e-5 * np.abs(exact).max())
+    if k <= 64:
+        assert np.array_equal(np.asarray(got), np.asarray(xla))
+
+
+@bf16_here
+def test_bf16_convolutions_take_the_gemm_and_their_gradients_equal_xlas():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 64))).astype(jnp.bfloat16)
+    w = jnp.asarray(0.05 * rng.standard_normal((3, 3, 64, 64))).astype(jnp.bfloat16)
+
+    def grads():
+        loss = lambda a, b: (ops._im2col_conv(a, b, 1, 1).astype(jnp.float32) ** 2).sum()
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        return step(x, w), step.lower(x, w).compile().as_text()
+
+    (dx, dw), compiled = grads()
+    assert compiled.count(native.MATMUL_BF16) == 3, "the forward and both gradients"
+    with native.disabled():
+        (dx0, dw0), plain = grads()
+    assert native.MATMUL_BF16 not in plain
+    # each a rounding apart at most, and the input gradient's 9 patch gradients added in bfloat16
+    for got, want in ((dx, dx0), (dw, dw0)):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        np.testing.assert_allclose(got, want, rtol=2**-7, atol=2**-8 * np.abs(want).max())
+
+
+def test_the_bf16_gemm_is_used_only_where_it_applies():
+    bf = lambda *s: jnp.zeros(s, jnp.bfloat16)
+    assert native.matmul_bf16_supported(bf(5, 6), bf(6, 64)) == native.matmul_bf16_runs_here()
+    assert not native.matmul_bf16_supported(bf(5, 27), bf(27, 64)), "K odd: the stem's 3x3x3 patches"
+    assert not native.matmul_bf16_supported(bf(5, 6), bf(6, 3)), "N not a multiple of 32"
+    assert not native.matmul_bf16_supported(jnp.zeros((5, 6)), jnp.zeros((6, 64))), "float32"
 
 
 def test_the_kernel_is_used_only_where_it_applies():

@@ -128,6 +128,10 @@ def _sliced_patches(x: jax.Array, kh: int, kw: int, stride: int, padding: int) -
 def _depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """Depthwise convolution (one filter per channel) as a sum of KH*KW shifted products: plain
     elementwise work that XLA fuses, where its grouped convolution is slow on CPU."""
+    if x.dtype == jnp.bfloat16:
+        # XLA:CPU computes bfloat16 elementwise work through float32 anyway; in float32 the
+        # hand-written kernels apply, and the sum is rounded to bfloat16 once
+        return _depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding).astype(x.dtype)
     kh, kw = kernel.shape[:2]
     if stride == 1 and kh == kw and padding <= kh - 1:
         return _depthwise_stride1(x, kernel, padding)
@@ -214,10 +218,37 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
     """
     kh, kw, cin, cout = kernel.shape
     if kh == kw == 1 and stride == 1 and padding == 0:
-        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+        n, h, w, _ = x.shape
+        return _matmul(x.reshape(-1, cin), kernel[0, 0]).reshape(n, h, w, cout)
     patches = _patches(x, kh, kw, stride, padding)
     n, oh, ow, _ = patches.shape
-    return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(n, oh, ow, cout)
+    rows, kmat = patches.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout)
+    return _matmul(rows, kmat).reshape(n, oh, ow, cout)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b``; in bfloat16 by the hand-written GEMM where it runs (XLA:CPU multiplies bfloat16
+    through float32 copies of both operands, slower than float32 itself)."""
+    return _bf16_matmul(a, b) if native.matmul_bf16_supported(a, b) else a @ b
+
+
+@jax.custom_vjp
+def _bf16_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return native.matmul_bf16(a, b, fallback=lambda: a @ b)
+
+
+def _bf16_matmul_fwd(a, b):
+    return _bf16_matmul(a, b), (a, b)
+
+
+def _bf16_matmul_bwd(residuals, g):
+    a, b = residuals
+    # b's gradient as (g.T @ a).T: the GEMM reads its left operand's rows, and g.T is the smaller
+    # array to transpose (output channels x positions, where a is positions x K*K*C_in)
+    return _matmul(g, b.T), _matmul(g.T, a).T
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
 def _xla_forward_pays(x: jax.Array, kernel: jax.Array, padding: int) -> bool:

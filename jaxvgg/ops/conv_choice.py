@@ -74,15 +74,16 @@ def rule_only() -> contextlib.AbstractContextManager[None]:
 
 def machine_key() -> str:
     """What a measurement holds for: the CPU, the jax that compiled it, XLA's flags, whether glibc's
-    allocator keeps freed memory (im2col's patch buffers depend on it, jaxvgg.core.hostmem) and
-    whether im2col's patches come from the hand-written kernel (jaxvgg.ops.native)."""
+    allocator keeps freed memory (im2col's patch buffers depend on it, jaxvgg.core.hostmem) and which
+    build of the hand-written kernels it may call (jaxvgg.ops.native: their sources' fingerprint), so
+    a changed kernel is measured again."""
     flags = os.environ.get("XLA_FLAGS", "")
     malloc = os.environ.get("JAXVGG_MALLOC", "1") == "0"
     return (
         f"{describe_cpu()}; jax {jax.__version__}"
         + (f"; XLA_FLAGS={flags}" if flags else "")
         + ("; JAXVGG_MALLOC=0" if malloc else "")
-        + ("; im2col by hand" if native.enabled() else "")
+        + (f"; kernels {kernels}" if (kernels := native.kernels_in_use()) else "")
     )
 
 

@@ -40,9 +40,13 @@ def _per_dtype(kernel: str) -> dict[jnp.dtype, str]:
 
 DEPTHWISE_FORWARD = _per_dtype("depthwise_forward")
 DEPTHWISE_WEIGHT_GRAD = _per_dtype("depthwise_weight_grad")
-IM2COL = _per_dtype("im2col")
+IM2COL = {**_per_dtype("im2col"), jnp.dtype(jnp.bfloat16): "jaxvgg_im2col_bf16"}
 ADAM = _per_dtype("adam")
 HANDLERS = [name for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL, ADAM) for name in table.values()]
+# Built on x86-64 only and run on CPUs with AVX-512 BF16 only: registered where both hold.
+MATMUL_BF16 = "jaxvgg_matmul_bf16"
+_BF16_RUNS_HERE = [False]
+_FINGERPRINT = [""]
 
 _OFF = contextvars.ContextVar("jaxvgg_native_off", default=False)
 
@@ -61,7 +65,12 @@ def available() -> bool:
         lib = ctypes.CDLL(path)
         if (built := _built_from(lib)) != (here := csrc_fingerprint()) and here is not None:
             raise RuntimeError(f"it was built from other sources than csrc/'s (fingerprint {built}, not {here})")
+        _FINGERPRINT[0] = built or "unfingerprinted"
         handlers = {name: getattr(lib, name) for name in HANDLERS}
+        runs_here = getattr(lib, "jaxvgg_matmul_bf16_runs_here", None)
+        if runs_here is not None and runs_here():
+            handlers[MATMUL_BF16] = getattr(lib, MATMUL_BF16)
+            _BF16_RUNS_HERE[0] = True
         for name, handler in handlers.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     except Exception as error:  # whatever failed, the pure-JAX code is there and correct
@@ -133,6 +142,35 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
     out = jax.ShapeDtypeStruct((n, max(oh, 0), max(ow, 0), kernel_size * kernel_size * c), x.dtype)
     attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
     return _on_cpu(IM2COL, out, (x,), attrs, fallback)
+
+
+def kernels_in_use() -> str:
+    """The fingerprint of the sources of the kernels that code traced now may call; "" where none."""
+    return _FINGERPRINT[0] if enabled() else ""
+
+
+def matmul_bf16_runs_here() -> bool:
+    """Whether the bfloat16 GEMM is built and this CPU has AVX-512 BF16 (and the kernels are enabled)."""
+    return enabled() and _BF16_RUNS_HERE[0]
+
+
+def matmul_bf16_supported(a: jax.Array, b: jax.Array) -> bool:
+    """The bfloat16 GEMM's case: 2-D bfloat16 operands, K even, N a multiple of 32, a CPU with AVX-512 BF16."""
+    return (
+        a.ndim == b.ndim == 2
+        and a.dtype == b.dtype == jnp.bfloat16
+        and a.shape[1] % 2 == 0
+        and b.shape[1] % 32 == 0
+        and matmul_bf16_runs_here()
+    )
+
+
+def matmul_bf16(a: jax.Array, b: jax.Array, fallback: Callable[[], jax.Array]) -> jax.Array:
+    """``a @ b`` in bfloat16, summed in float32 by the CPU's bfloat16 dot-product instructions and rounded
+    once; the same as ``fallback()`` (XLA's dot of the operands converted to float32) up to the order of
+    the float sums. Check :func:`matmul_bf16_supported` first."""
+    out = jax.ShapeDtypeStruct((a.shape[0], b.shape[1]), a.dtype)
+    return _on_cpu({a.dtype: MATMUL_BF16}, out, (a, b), {}, fallback)
 
 
 def adam_supported(weight: jax.Array, *others: jax.Array) -> bool:
