@@ -9,13 +9,17 @@
 // B is packed first: for each panel of 32 columns, the K rows as (k, k + 1) pairs side by side, the
 // layout VDPBF16PS reads; A needs no packing, since a row-major row holds each (k, k + 1) pair together.
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 10 and clang 9 were the first with the AVX-512 BF16 intrinsics; an older compiler builds the
+// other kernels without this one.
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "xla/ffi/api/ffi.h"
 #include "common.h"
@@ -94,13 +98,15 @@ ffi::Error MatmulBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
   if (ad.size() != 2 || bd.size() != 2 || od.size() != 2) return ffi::Error::InvalidArgument("matmul_bf16: 2-D arrays");
   const int64_t m = ad[0], k = ad[1], n = bd[1];
   if (bd[0] != k || od[0] != m || od[1] != n) return ffi::Error::InvalidArgument("matmul_bf16: shapes do not match");
-  if (k % 2 != 0 || n % kPanel != 0)
-    return ffi::Error::InvalidArgument("matmul_bf16: K must be even and N a multiple of 32");
+  if (k == 0 || k % 2 != 0 || n % kPanel != 0)
+    return ffi::Error::InvalidArgument("matmul_bf16: K must be even and positive, N a multiple of 32");
   const bf16* ap = reinterpret_cast<const bf16*>(a.untyped_data());
   const bf16* bp = reinterpret_cast<const bf16*>(b.untyped_data());
   bf16* cp = reinterpret_cast<bf16*>(out->untyped_data());
   const int64_t panels = n / kPanel;
-  std::unique_ptr<bf16[]> packed(new bf16[k * n]);
+  // B packed whole, once per call (for the weight gradient B is the patch matrix: as large again)
+  std::unique_ptr<bf16[]> packed(new (std::nothrow) bf16[k * n]);
+  if (!packed) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "matmul_bf16: no memory to pack B");
   bf16* pp = packed.get();
   jaxvgg::InChunks(pool, panels, panels, [=](int64_t, int64_t begin, int64_t end) {
     for (int64_t panel = begin; panel < end; ++panel) PackPanel(bp, pp, k, n, panel);
@@ -108,7 +114,8 @@ ffi::Error MatmulBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
   // Float32 sums between K blocks, for contractions longer than one (the weight gradient's, over
   // every output position).
   const int64_t depths = std::max<int64_t>(1, (k + kDepth - 1) / kDepth);
-  std::unique_ptr<float[]> scratch(depths > 1 ? new float[m * n] : nullptr);
+  std::unique_ptr<float[]> scratch(depths > 1 ? new (std::nothrow) float[m * n] : nullptr);
+  if (depths > 1 && !scratch) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "matmul_bf16: no memory");
   float* sp = scratch.get();
   // One task per (block of rows, panel): the panel's K block stays in L2 across the block's tiles.
   const int64_t blocks = (m + kBlock - 1) / kBlock, tasks = blocks * panels;
@@ -140,4 +147,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxvgg_matmul_bf16, MatmulBf16,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::BF16>>());
-#endif  // x86-64 with GCC: elsewhere the library has no bfloat16 GEMM and native.py does without it
+#endif  // x86-64 and a compiler with the intrinsics: elsewhere the library has no bfloat16 GEMM and native.py does without it

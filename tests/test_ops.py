@@ -116,11 +116,19 @@ def test_a_forced_route_reaches_the_model_and_a_bad_one_is_a_flag_error():
         validate_values(TrainConfig(conv_route="fft"))
 
 
-def test_bf16_on_a_cpu_says_it_is_slower_there():
-    """XLA:CPU converts bfloat16 dots to float32 ones (docs/performance.md), so the run says so."""
+@pytest.mark.parametrize("kernel", [False, True], ids=["xla-only", "avx512-bf16-kernel"])
+def test_bf16_on_a_cpu_says_what_it_costs_there(kernel, monkeypatch):
+    """XLA:CPU converts bfloat16 dots to float32 ones (docs/performance.md), so the run says bf16 is
+    slower there, unless jaxvgg's own bfloat16 GEMM runs on this CPU, which the note then names."""
+    from jaxvgg.ops import native
     from jaxvgg.train.loop import precision_note
 
-    assert "slower than fp32" in precision_note("bf16", "cpu")
+    monkeypatch.setattr(native, "matmul_bf16_runs_here", lambda: kernel)
+    note = precision_note("bf16", "cpu")
+    assert ("AVX-512 BF16 kernel" in note) == kernel and ("trains slower than fp32" in note) != kernel
+    # the kernel is not in XLA's route, nor in steps for several devices
+    assert "trains slower than fp32" in precision_note("bf16", "cpu", route="xla")
+    assert "trains slower than fp32" in precision_note("bf16", "cpu", devices=4)
     assert precision_note("fp32", "cpu") is None
     assert precision_note("bf16", "gpu") is None and precision_note("bf16", "tpu") is None
 

@@ -19,6 +19,6 @@ def csrc_fingerprint(root: Path = ROOT) -> str | None:
         return None
     digest = hashlib.sha256()
     for path in [*sorted(csrc.iterdir()), root / "setup.py"]:
-        if path.is_file() and path.suffix in {".cc", ".h", ".py"}:
+        if path.is_file() and path.suffix in {".cc", ".h", ".py"}:  # .py: setup.py
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

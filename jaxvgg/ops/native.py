@@ -45,6 +45,7 @@ ADAM = _per_dtype("adam")
 HANDLERS = [name for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL, ADAM) for name in table.values()]
 # Built on x86-64 only and run on CPUs with AVX-512 BF16 only: registered where both hold.
 MATMUL_BF16 = "jaxvgg_matmul_bf16"
+MATMUL_BF16_PANEL = 32  # the kernel's columns per packed panel (kPanel in csrc/gemm_bf16.cc): N's multiple
 _BF16_RUNS_HERE = [False]
 _FINGERPRINT = [""]
 
@@ -155,12 +156,14 @@ def matmul_bf16_runs_here() -> bool:
 
 
 def matmul_bf16_supported(a: jax.Array, b: jax.Array) -> bool:
-    """The bfloat16 GEMM's case: 2-D bfloat16 operands, K even, N a multiple of 32, a CPU with AVX-512 BF16."""
+    """The bfloat16 GEMM's case: 2-D bfloat16 operands, K even and positive, N a multiple of 32, a CPU with
+    AVX-512 BF16."""
     return (
         a.ndim == b.ndim == 2
         and a.dtype == b.dtype == jnp.bfloat16
         and a.shape[1] % 2 == 0
-        and b.shape[1] % 32 == 0
+        and a.shape[1] > 0
+        and b.shape[1] % MATMUL_BF16_PANEL == 0
         and matmul_bf16_runs_here()
     )
 
