@@ -29,7 +29,8 @@ def csrc_fingerprint() -> str:
 
 native = Extension(
     "jaxvgg.ops._native",
-    sources=["csrc/adam.cc", "csrc/depthwise.cc", "csrc/im2col.cc", "csrc/gemm_bf16.cc", "csrc/fingerprint.cc"],
+    # every .cc of csrc/, the files the fingerprint covers (relative paths, as setuptools wants them)
+    sources=sorted(path.as_posix() for path in Path("csrc").glob("*.cc")),
     # the fingerprint covers setup.py too: a changed setup.py must rebuild, or the library is refused
     depends=["csrc/common.h", "setup.py", "jaxvgg/ops/csrc_fingerprint.py"],
     include_dirs=[ffi_include_dir()],

@@ -342,26 +342,26 @@ def test_a_library_that_cannot_be_loaded_leaves_pure_jax_with_a_warning(tmp_path
     bad.write_bytes(b"not a shared library")
     monkeypatch.setattr(native, "library_path", lambda: str(bad))
     with pytest.warns(UserWarning, match="CPU kernels .* not used"):
-        assert native.available.__wrapped__() is False
+        assert native.loaded.__wrapped__() is None
 
 
 def test_a_library_built_from_other_sources_is_not_used(monkeypatch):
     """An editable install is not rebuilt when csrc/ changes: the stale library must not stand in."""
-    assert native.available.__wrapped__() is True
+    assert native.loaded.__wrapped__() is not None
     monkeypatch.setattr(native, "csrc_fingerprint", lambda: "0123456789abcdef")
     with pytest.warns(UserWarning, match="built from other sources than csrc/'s"):
-        assert native.available.__wrapped__() is False
+        assert native.loaded.__wrapped__() is None
 
 
 def test_a_library_older_than_the_fingerprint_is_not_used_in_a_checkout(monkeypatch):
     monkeypatch.setattr(native, "_built_from", lambda lib: None)
     with pytest.warns(UserWarning, match="built from other sources"):
-        assert native.available.__wrapped__() is False
+        assert native.loaded.__wrapped__() is None
 
 
 def test_an_install_without_the_sources_uses_the_library_it_has(monkeypatch):
     monkeypatch.setattr(native, "csrc_fingerprint", lambda: None)
-    assert native.available.__wrapped__() is True
+    assert native.loaded.__wrapped__() is not None
 
 
 def test_the_fingerprint_follows_every_source_file(tmp_path):

@@ -20,7 +20,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,6 @@ HANDLERS = [name for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL,
 # Built on x86-64 only and run on CPUs with AVX-512 BF16 only: registered where both hold.
 MATMUL_BF16 = "jaxvgg_matmul_bf16"
 MATMUL_BF16_PANEL = 32  # the kernel's columns per packed panel (kPanel in csrc/gemm_bf16.cc): N's multiple
-_BF16_RUNS_HERE = [False]
-_FINGERPRINT = [""]
 
 _OFF = contextvars.ContextVar("jaxvgg_native_off", default=False)
 
@@ -57,21 +55,27 @@ def library_path() -> str | None:
     return spec.origin if spec is not None and spec.origin else None
 
 
+class Library(NamedTuple):
+    """What loading the kernels found."""
+
+    fingerprint: str  # of the sources it was built from (jaxvgg/ops/csrc_fingerprint.py)
+    bf16_gemm: bool  # whether the bfloat16 GEMM was built and this CPU runs it
+
+
 @functools.cache
-def available() -> bool:
-    """Whether the kernels are built, loaded and registered with JAX (once per process)."""
+def loaded() -> Library | None:
+    """The kernels' library, loaded and registered with JAX once per process; None where it is not."""
     if os.environ.get("JAXVGG_NATIVE", "1") == "0" or (path := library_path()) is None:
-        return False
+        return None
     try:
         lib = ctypes.CDLL(path)
         if (built := _built_from(lib)) != (here := csrc_fingerprint()) and here is not None:
             raise RuntimeError(f"it was built from other sources than csrc/'s (fingerprint {built}, not {here})")
-        _FINGERPRINT[0] = built or "unfingerprinted"
         handlers = {name: getattr(lib, name) for name in HANDLERS}
         runs_here = getattr(lib, "jaxvgg_matmul_bf16_runs_here", None)
-        if runs_here is not None and runs_here():
+        bf16_gemm = runs_here is not None and bool(runs_here())
+        if bf16_gemm:
             handlers[MATMUL_BF16] = getattr(lib, MATMUL_BF16)
-            _BF16_RUNS_HERE[0] = True
         for name, handler in handlers.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
     except Exception as error:  # whatever failed, the pure-JAX code is there and correct
@@ -80,8 +84,13 @@ def available() -> bool:
             "(`pip install -e .` rebuilds them, JAXVGG_NATIVE=0 silences this)",
             stacklevel=2,
         )
-        return False
-    return True
+        return None
+    return Library(built or "unfingerprinted", bf16_gemm)
+
+
+def available() -> bool:
+    """Whether the kernels are built, loaded and registered with JAX."""
+    return loaded() is not None
 
 
 def _built_from(lib: ctypes.CDLL) -> str | None:
@@ -147,12 +156,12 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
 
 def kernels_in_use() -> str:
     """The fingerprint of the sources of the kernels that code traced now may call; "" where none."""
-    return _FINGERPRINT[0] if enabled() else ""
+    return loaded().fingerprint if enabled() else ""
 
 
 def matmul_bf16_runs_here() -> bool:
     """Whether the bfloat16 GEMM is built and this CPU has AVX-512 BF16 (and the kernels are enabled)."""
-    return enabled() and _BF16_RUNS_HERE[0]
+    return enabled() and loaded().bf16_gemm
 
 
 def matmul_bf16_supported(a: jax.Array, b: jax.Array) -> bool:
