@@ -101,6 +101,8 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         "4",
         "--steps",
         "1",
+        "--warmup",
+        "1",
         "--markdown",
         "--json",
         str(out),
@@ -110,7 +112,7 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
     for fw in ("jax", "torch"):
         r = row[fw]
         assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0 and r["peak_rss_mb"] > 0
-        assert r["repeats"] == 1
+        assert r["repeats"] == 1 and len(r["train_times_s"]) == len(r["eval_times_s"]) == 1
         if sys.platform.startswith("linux"):  # the CPU's nominal peak comes from /proc/cpuinfo
             assert r["malloc_keeps_freed_memory"]
             assert r["train_percent_of_peak"] == pytest.approx(100 * r["train_gflops"] / r["peak_gflops"])
@@ -118,6 +120,14 @@ def test_bench_runs_both_frameworks_and_writes_json(tmp_path):
         row["jax"]["train_images_per_s"] / row["torch"]["train_images_per_s"]
     )
     assert row["macs_per_image"] > 0 and "| `student_cnn` | 32 | 4 |" in printed
+
+
+def test_bench_times_steps_after_the_first_and_the_warmup():
+    from jaxvgg.tools.commands import bench
+
+    calls = []
+    first, times = bench.timed(lambda: calls.append(len(calls)), steps=2, warmup=3)
+    assert len(calls) == 6 and len(times) == 2 and first >= 0 and min(times) >= 0
 
 
 def test_bench_repeats_take_medians_and_keep_errors():

@@ -39,5 +39,8 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: other libcs lack these parameters
         return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    # A trim threshold of -1 never trims (mallopt(3)); the largest int, 2**31 - 1, still trimmed a
+    # heap top over 2 GiB: vgg16's train step at 224 px (batch 4) faulted 2.5 GB on every step,
+    # 3.3 s a step against 2.4 s with -1 (docs/performance.md).
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)

@@ -8,7 +8,8 @@ the steps of :func:`jaxvgg.train.steps.compile_steps`, torch :func:`torchref.tra
     python scripts/bench.py --sweep --models vgg16 resnet50 --sizes 32 64
 
 Prints a table and writes JSON (--json). Each framework runs in its own child process, so peak
-memory and thread pools are its own. Step times are medians after a warm-up step; "first step"
+memory and thread pools are its own. Step times are medians after --warmup untimed steps (the
+first steps of a process page in its heap); "first step"
 is the time to the first finished train step, compilation included (the persistent compilation
 cache is off here, so it is a cold compile; on a CPU new to the model's shapes the first JAX
 child also measures their convolution forwards, jaxvgg.ops.conv_choice, which later ones read).
@@ -49,6 +50,10 @@ GPU_PEAK_TFLOPS = {
 
 SWEEP_MODELS = ("vgg16", "vgg16_gap", "vgg16_dsconv", "student_cnn", "resnet50")
 SWEEP_SIZES = {32: 32, 64: 16, 112: 8, 224: 4}  # image size -> batch size on a 2-core CPU
+# Untimed steps after the first, in both frameworks: a JAX process's heap takes a few steps to hold
+# every temporary of the step without page-faulting fresh memory (vgg16 at 64 px: 350k faults,
+# +0.3-0.5 s, on steps 2-5 of one run and none after; PyTorch's by step 3; docs/performance.md).
+WARMUP_STEPS = 3
 
 
 def batch_data(batch_size: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -86,11 +91,13 @@ def peak_gflops(device: str, precision: str) -> tuple[float, str] | None:
     return None
 
 
-def timed(fn, steps: int) -> tuple[float, list[float]]:
+def timed(fn, steps: int, warmup: int = WARMUP_STEPS) -> tuple[float, list[float]]:
+    """(seconds of the first call, seconds of each of ``steps`` calls after ``warmup`` more)."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    fn()  # warm-up
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -100,7 +107,13 @@ def timed(fn, steps: int) -> tuple[float, list[float]]:
 
 
 def bench_jax(
-    model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32", conv_route: str | None = None
+    model: str,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    precision: str = "fp32",
+    conv_route: str | None = None,
+    warmup: int = WARMUP_STEPS,
 ) -> dict:
     """The training run's state (build_state) and compiled steps (compile_steps), timed."""
     import jax
@@ -128,14 +141,16 @@ def bench_jax(
         holder["state"], metrics = train_step(holder["state"], batch)
         jax.block_until_ready(metrics)
 
-    first, train_times = timed(train, steps)
-    eval_first, eval_times = timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), steps)
+    first, train_times = timed(train, steps, warmup)
+    eval_first, eval_times = timed(lambda: jax.block_until_ready(eval_step(holder["state"], batch)), steps, warmup)
 
     return {
         "first_step_s": first,
         "train_step_s": statistics.median(train_times),
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
+        "train_times_s": train_times,
+        "eval_times_s": eval_times,
         "device": jax.devices()[0].device_kind,
         "conv_route": resolve_route(cfg.conv_route),
         "precision": precision,
@@ -143,7 +158,9 @@ def bench_jax(
     }
 
 
-def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32") -> dict:
+def bench_torch(
+    model: str, image_size: int, batch_size: int, steps: int, precision: str = "fp32", warmup: int = WARMUP_STEPS
+) -> dict:
     import torch
 
     import torchref
@@ -182,13 +199,15 @@ def bench_torch(model: str, image_size: int, batch_size: int, steps: int, precis
             net(inputs()).argmax(1)
         sync()
 
-    first, train_times = timed(train, steps)
-    eval_first, eval_times = timed(evaluate, steps)
+    first, train_times = timed(train, steps, warmup)
+    eval_first, eval_times = timed(evaluate, steps, warmup)
     return {
         "first_step_s": first,
         "train_step_s": statistics.median(train_times),
         "eval_step_s": statistics.median(eval_times),
         "eval_first_s": eval_first,
+        "train_times_s": train_times,
+        "eval_times_s": eval_times,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "threads": torch.get_num_threads(),
         "precision": precision,
@@ -290,6 +309,7 @@ def child(
     out: str,
     precision: str,
     route: str | None,
+    warmup: int = WARMUP_STEPS,
 ) -> None:
     import resource
 
@@ -299,16 +319,23 @@ def child(
     allocator_tuned = keep_freed_memory()
 
     if framework == "jax":
-        result = bench_jax(model, image_size, batch_size, steps, precision, route)
+        result = bench_jax(model, image_size, batch_size, steps, precision, route, warmup)
     else:
-        result = bench_torch(model, image_size, batch_size, steps, precision)
+        result = bench_torch(model, image_size, batch_size, steps, precision, warmup)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["malloc_keeps_freed_memory"] = allocator_tuned
     Path(out).write_text(json.dumps(result))
 
 
 def run_case(
-    framework: str, model: str, image_size: int, batch_size: int, steps: int, precision: str, route: str | None
+    framework: str,
+    model: str,
+    image_size: int,
+    batch_size: int,
+    steps: int,
+    precision: str,
+    route: str | None,
+    warmup: int = WARMUP_STEPS,
 ) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
@@ -326,6 +353,8 @@ def run_case(
             str(batch_size),
             "--steps",
             str(steps),
+            "--warmup",
+            str(warmup),
             "--json",
             str(out),
             "--precision",
@@ -361,6 +390,7 @@ def bench(
     precision: str,
     repeats: int = 1,
     route: str | None = None,
+    warmup: int = WARMUP_STEPS,
 ) -> dict:
     from jaxvgg.summary import model_macs
 
@@ -371,7 +401,7 @@ def bench(
     runs = {fw: [] for fw in frameworks}
     for _ in range(repeats):
         for fw in frameworks:
-            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision, route))
+            runs[fw].append(run_case(fw, model, image_size, batch_size, steps, precision, route, warmup))
     for fw in frameworks:
         r = merge_repeats(runs[fw])
         if "error" not in r:
@@ -450,6 +480,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
     p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
+    p.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="untimed steps after the first (both frameworks)")
     p.add_argument("--repeats", type=int, default=1, help="run each framework this many times, alternating; medians")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--models", nargs="+", default=list(SWEEP_MODELS), help="with --sweep: these models")
@@ -476,6 +507,7 @@ def main() -> None:
             args.json,
             args.precision,
             args.conv_route,
+            args.warmup,
         )
         return
     if args.loader:
@@ -499,7 +531,11 @@ def main() -> None:
     print(f"CPU: {describe_cpu()}", flush=True)
     rows = []
     for model, size, batch in cases:
-        rows.append(bench(model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route))
+        rows.append(
+            bench(
+                model, size, batch, frameworks, args.steps, args.precision, args.repeats, args.conv_route, args.warmup
+            )
+        )
         print(format_rows(rows[-1:]).splitlines()[-2], flush=True)
     loader_size = max(s for _, s, _ in cases)
     loader = bench_loader(loader_size, 32)
