@@ -100,15 +100,48 @@ def test_initialising_measures_nothing(measuring):
     assert not measuring.exists()
 
 
-@pytest.mark.parametrize("route", ["xla", "im2col"])
+def _route_traced(text: str) -> str:
+    """Which route a lowered program took: XLA's convolution, Winograd's 16 batched GEMMs, or
+    im2col's one GEMM."""
+    if "stablehlo.convolution" in text:
+        return "xla"
+    return "winograd" if "batching_dims" in text else "im2col"
+
+
+@pytest.mark.parametrize("route", ["xla", "im2col", "winograd"])
 def test_the_program_traced_takes_the_route_on_file(measuring, route):
     from jaxvgg.ops.conv import conv2d
 
     x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
-    key = "forward 2x8x8x4 3x3x4x8 p1 float32"
+    key = "forward 2x8x8x4 3x3x4x8 p1 float32 +winograd"
     measuring.write_text(json.dumps({conv_choice.machine_key(): {key: {"route": route, "ms": {}}}}))
     text = jax.jit(lambda x, k: conv2d(x, k, padding=1)).lower(x, k).as_text()
-    assert ("convolution" in text) == (route == "xla")
+    assert _route_traced(text) == route
+
+
+@pytest.mark.parametrize("route", ["im2col", "winograd"])
+def test_a_train_step_takes_the_route_on_file_for_its_forward_and_gradients(measuring, route):
+    from jaxvgg.ops.conv import conv2d
+
+    x, k = jnp.ones((2, 8, 8, 64)), jnp.ones((3, 3, 64, 8))
+    key = "train 2x8x8x64 3x3x64x8 p1 float32"
+    measuring.write_text(json.dumps({conv_choice.machine_key(): {key: {"route": route, "ms": {}}}}))
+    text = jax.jit(jax.grad(lambda x, k: jnp.sum(conv2d(x, k, padding=1) ** 2), (0, 1))).lower(x, k).as_text()
+    assert _route_traced(text) == route
+    assert list(json.loads(measuring.read_text())[conv_choice.machine_key()]) == [key]  # nothing else measured
+
+
+def test_a_train_step_measures_its_winograd_shapes_once(measuring):
+    from jaxvgg.ops.conv import conv2d
+
+    x, k = jnp.ones((2, 8, 8, 64)), jnp.ones((3, 3, 64, 8))
+
+    def grads():
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv2d(x, k, padding=1) ** 2), (0, 1)))(x, k)
+
+    grads()
+    entry = json.loads(measuring.read_text())[conv_choice.machine_key()]["train 2x8x8x64 3x3x64x8 p1 float32"]
+    assert set(entry["ms"]) == {"im2col", "winograd"} and entry["route"] in entry["ms"]
 
 
 def test_training_measures_nothing(measuring):

@@ -38,6 +38,19 @@ def reference(x, k, stride, padding, groups):
 @pytest.mark.parametrize("route", ops.ROUTES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_every_route_matches_a_float64_convolution(route, case):
+    check_against_float64(route, case)
+
+
+@pytest.mark.parametrize("case", [(4, 16, 128, 16, 3, 1, 1, 1), (2, 23, 64, 8, 3, 1, 1, 1)], ids=["16px", "odd-23px"])
+def test_winograd_where_measured_faster_matches_a_float64_convolution(case, monkeypatch):
+    """The cpu route with Winograd's F(2x2, 3x3) chosen for training and inference (as a CPU that
+    measured it faster chooses), in float32: forward and both gradients."""
+    monkeypatch.setattr(ops, "_train_route", lambda *a: "winograd")
+    monkeypatch.setattr(ops, "_forward_route", lambda *a: "winograd")
+    check_against_float64("cpu", case)
+
+
+def check_against_float64(route, case):
     n, size, cin, cout, k, stride, padding, groups = case
     rng = np.random.RandomState(0)
     x = rng.randn(n, size, size, cin).astype(np.float32)
@@ -217,3 +230,28 @@ def test_a_pool_folded_into_the_kernel_after_it_is_the_pool_then_the_kernel(map_
             strict=True,
         ):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "padding"), [((2, 9, 7, 5), 1), ((1, 8, 8, 3), 0), ((2, 5, 6, 4), 2), ((1, 1, 1, 4), 1)]
+)
+def test_winograd_is_the_convolution_exactly_in_float64(shape, padding):
+    """F(2x2, 3x3)'s transforms are exact: in float64 the forward and both gradients agree with XLA's
+    convolution to rounding, on odd sizes (the last tiles cut) and paddings 0-2."""
+    from jaxvgg.ops import winograd
+
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal(shape))
+        w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 6)))
+        want = reference(x, w, 1, padding, 1)
+        got = winograd.conv3x3(x, w, padding)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        probe = jnp.cos(want)
+        for a, b in zip(
+            jax.grad(lambda x, w: jnp.sum(winograd.conv3x3(x, w, padding) * probe), (0, 1))(x, w),
+            jax.grad(lambda x, w: jnp.sum(reference(x, w, 1, padding, 1) * probe), (0, 1))(x, w),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)

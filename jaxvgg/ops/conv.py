@@ -3,9 +3,10 @@
 The route is a field of each convolution layer, chosen when the model is built
 (:func:`jaxvgg.models.create_model`'s ``conv_route``; by default :func:`route_for_platform`),
 so it is part of what ``jax.jit`` traces and caches. Under ``cpu`` one more choice is made when a
-forward that is not differentiated is traced: XLA's convolution or im2col's, by what was measured
-faster for the shape on this CPU (:mod:`jaxvgg.ops.conv_choice`); a function already traced keeps
-the choice it was traced with. Where the C++ kernels are built (:mod:`jaxvgg.ops.native`), im2col's
+stride-1 convolution is traced: among XLA's convolution, im2col's and Winograd's (a forward not
+differentiated), or im2col's and Winograd's (a train step), by what was measured faster for the
+shape on this CPU (:mod:`jaxvgg.ops.conv_choice`); a function already traced keeps the choice it
+was traced with. Where the C++ kernels are built (:mod:`jaxvgg.ops.native`), im2col's
 patches and the depthwise convolution under differentiation are theirs.
 """
 
@@ -17,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvgg.ops import conv_choice, native
+from jaxvgg.ops import conv_choice, native, winograd
 
-# "cpu": tuned for XLA:CPU (docs/performance.md): im2col + one GEMM for dense convolutions
-# (XLA's own forward convolution for stride-1 ones where it was measured faster, when not
-# differentiated) and
+# "cpu": tuned for XLA:CPU (docs/performance.md): im2col + one GEMM for dense convolutions, and for
+# stride-1 ones whichever route was measured fastest for the shape on this CPU (XLA's own forward
+# and Winograd's F(2x2, 3x3) when not differentiated, Winograd's in train steps: jaxvgg.ops.winograd);
 # shifted products for depthwise ones. "xla": lax.conv_general_dilated for everything, which is
 # cuDNN on a GPU. "im2col": im2col for dense convolutions, XLA for grouped ones.
 ROUTES = ("cpu", "xla", "im2col")
@@ -251,47 +252,90 @@ def _bf16_matmul_bwd(residuals, g):
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
-def _xla_forward_pays(x: jax.Array, kernel: jax.Array, padding: int) -> bool:
-    """Whether a stride-1 convolution that is not being differentiated takes XLA's forward: as
-    measured on this CPU for this shape (:mod:`jaxvgg.ops.conv_choice`), or, where nothing is
-    measured, for output maps of at least ``XLA_FORWARD_MIN_PIXELS``."""
+def _forward_route(x: jax.Array, kernel: jax.Array, padding: int) -> str:
+    """The route of a stride-1 convolution that is not being differentiated: the fastest forward as
+    measured on this CPU for this shape (:mod:`jaxvgg.ops.conv_choice`) among XLA's, im2col's and,
+    for 3x3 float32 ones, Winograd's; where nothing is measured, XLA's for output maps of at least
+    ``XLA_FORWARD_MIN_PIXELS``, else im2col's."""
     kh, kw = kernel.shape[:2]
     if not conv_choice.measuring_allowed():
         oh, ow = x.shape[1] + 2 * padding - kh + 1, x.shape[2] + 2 * padding - kw + 1
-        return oh * ow >= XLA_FORWARD_MIN_PIXELS
-    key = f"forward {'x'.join(map(str, x.shape))} {'x'.join(map(str, kernel.shape))} p{padding} {x.dtype}"
-    candidates = {
-        "xla": lambda a, b: _xla_conv(a, b, 1, padding),
-        "im2col": lambda a, b: _im2col_conv(a, b, 1, padding),
-    }
-    shapes = [(x.shape, str(x.dtype)), (kernel.shape, str(kernel.dtype))]
-    return conv_choice.fastest(key, candidates, shapes) == "xla"
+        return "xla" if oh * ow >= XLA_FORWARD_MIN_PIXELS else "im2col"
+    candidates = {name: _stride1_conv(name, padding) for name in ("xla", "im2col")}
+    if winograd.supported(x, kernel, 1, 1):
+        candidates["winograd"] = _stride1_conv("winograd", padding)
+    key = f"forward {_shape_key(x, kernel, padding)}" + (" +winograd" if "winograd" in candidates else "")
+    return conv_choice.fastest(key, candidates, _shapes(x, kernel))
+
+
+def _train_route(x: jax.Array, kernel: jax.Array, padding: int) -> str:
+    """The route of a stride-1 convolution in a train step: im2col's, or Winograd's where it applies
+    and its forward and both gradients were measured faster on this CPU for this shape (compiled as
+    train steps are). Where nothing is measured, im2col's: Winograd's gain depends on the CPU, and
+    its graph doubles the train step's compile time (vgg19_bn at 64 px: 2.2 -> 4.9 s), which a
+    measured choice repays over an epoch and a rule might not (docs/performance.md)."""
+    # Below 64 input channels the transforms cost more than the multiplications saved (64 channels:
+    # 1.2-1.9x slower on 64-224 px maps), so those are not measured.
+    if not winograd.supported(x, kernel, 1, 1) or x.shape[-1] < 64 or not conv_choice.measuring_allowed():
+        return "im2col"
+
+    def forward_and_gradients(name: str):
+        conv = _stride1_conv(name, padding)
+
+        # the output, as the next layer reads it, and both gradients of a cotangent that is not the
+        # output (a function of it would let XLA fuse the two passes as no train step can)
+        def run(a, b, g):
+            y, vjp = jax.vjp(conv, a, b)
+            return y, vjp(g)
+
+        return run
+
+    candidates = {name: forward_and_gradients(name) for name in ("im2col", "winograd")}
+    out_shape = (x.shape[0], x.shape[1] + 2 * padding - 2, x.shape[2] + 2 * padding - 2, kernel.shape[-1])
+    shapes = [*_shapes(x, kernel), (out_shape, str(x.dtype))]
+    key = f"train {_shape_key(x, kernel, padding)}"
+    return conv_choice.fastest(key, candidates, shapes, compiler_options={})
+
+
+def _stride1_conv(route: str, padding: int):
+    if route == "xla":
+        return lambda a, b: _xla_conv(a, b, 1, padding)
+    if route == "winograd":
+        return lambda a, b: winograd.conv3x3(a, b, padding)
+    return lambda a, b: _im2col_conv(a, b, 1, padding)
+
+
+def _shape_key(x: jax.Array, kernel: jax.Array, padding: int) -> str:
+    return f"{'x'.join(map(str, x.shape))} {'x'.join(map(str, kernel.shape))} p{padding} {x.dtype}"
+
+
+def _shapes(x: jax.Array, kernel: jax.Array) -> list:
+    return [(x.shape, str(x.dtype)), (kernel.shape, str(kernel.dtype))]
 
 
 # Inference: XLA:CPU's own forward convolution can beat im2col (no 9x patch buffer to write and
-# read back), on which shapes depends on the CPU, so it is measured (_xla_forward_pays). On an AVX2
+# read back), on which shapes depends on the CPU, so it is measured (_forward_route). On an AVX2
 # EPYC, 1.3-1.7x per layer on 112 and 224 px maps, mixed below (whole eval steps with a 56x56
 # cut: vgg16 at 224 px 2.83 -> 3.23 img/s, at 64 px 22.1 -> 24.9); on an AVX-512 EPYC it also won
-# from 8x8 maps up and lost 4x on 2x2 and 4x4 ones (docs/performance.md).
-# Training keeps im2col exactly: an XLA forward and input gradient with an im2col weight
-# gradient won per layer but lost in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s,
-# student_cnn at 112 px 77 -> 68, in-process A/B), so under differentiation the primal is
-# im2col's and so is its VJP.
-# The choice is made in the primal's body, which JAX traces only where the forward is not
-# differentiated (a train step traces the forward rule alone), so training never measures.
+# from 8x8 maps up and lost 4x on 2x2 and 4x4 ones, and Winograd's beat both by 1.4-1.7x on 8x8 to
+# 56x56 maps of 128-512 channels (docs/performance.md).
+# Training: an XLA forward and input gradient with an im2col weight gradient won per layer but lost
+# in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s, student_cnn at 112 px 77 -> 68,
+# in-process A/B), so under differentiation the route is im2col's or Winograd's (_train_route),
+# primal and VJP alike.
+# The forward choice is made in the primal's body, which JAX traces only where the forward is not
+# differentiated (a train step traces the forward rule alone, which makes the training choice).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _measured_forward_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    if _xla_forward_pays(x, kernel, padding):
-        return _xla_conv(x, kernel, 1, padding)
-    return _im2col_conv(x, kernel, 1, padding)
+    return _stride1_conv(_forward_route(x, kernel, padding), padding)(x, kernel)
 
 
 def _measured_forward_conv_fwd(x, kernel, padding):
-    return jax.vjp(lambda a, b: _im2col_conv(a, b, 1, padding), x, kernel)
+    return jax.vjp(_stride1_conv(_train_route(x, kernel, padding), padding), x, kernel)
 
 
-def _measured_forward_conv_bwd(padding, im2col_vjp, g):
-    return im2col_vjp(g)
+def _measured_forward_conv_bwd(padding, route_vjp, g):
+    return route_vjp(g)
 
 
 _measured_forward_conv.defvjp(_measured_forward_conv_fwd, _measured_forward_conv_bwd)

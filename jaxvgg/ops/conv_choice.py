@@ -40,9 +40,10 @@ from jaxvgg.ops.compiler import inference_options
 from jaxvgg.ops.switch import set_within
 
 FILE_NAME = "conv-routes.json"
-# A candidate is timed until this much time has gone into it (at least two calls after a warm-up);
-# its fastest call counts.
+# Candidates are timed in turns until each has had this much time and MIN_CALLS calls after a
+# warm-up call; each one's fastest call counts.
 TIME_PER_CANDIDATE_S = 0.1
+MIN_CALLS = 3
 
 _lock = threading.Lock()
 # machine key -> that key's measured shapes, as read from disk once per key
@@ -91,36 +92,46 @@ def routes_file() -> Path:
     return cache_dir() / FILE_NAME
 
 
-def fastest(key: str, candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...], str]]) -> str:
+def fastest(
+    key: str,
+    candidates: dict[str, Callable],
+    shapes: list[tuple[tuple[int, ...], str]],
+    compiler_options: dict | None = None,
+) -> str:
     """The name of the fastest of ``candidates`` (functions of arrays of ``shapes``: (shape, dtype)
-    pairs), measured once for ``key`` on this machine and remembered on disk."""
+    pairs), measured once for ``key`` on this machine and remembered on disk. Each is compiled with
+    ``compiler_options``, by default the eval step's (:func:`jaxvgg.ops.compiler.inference_options`)."""
     with _lock:
         table = _load()
         if key not in table:
-            table[key] = _measure(candidates, shapes)
+            options = inference_options() if compiler_options is None else compiler_options
+            table[key] = _measure(candidates, shapes, options)
             _save(key, table[key])
         return table[key]["route"]
 
 
-def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...], str]]) -> dict:
+def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...], str]], options: dict) -> dict:
     global _told
     if not _told:
-        print(f"measuring convolution forwards on this CPU, once per shape (kept in {routes_file()})", file=sys.stderr)
+        print(f"measuring convolution routes on this CPU, once per shape (kept in {routes_file()})", file=sys.stderr)
         _told = True
     rng = np.random.default_rng(0)
-    ms: dict[str, float] = {}
     # Tracing a model is under way: without this, every call below would be staged into that trace.
     with jax.ensure_compile_time_eval():
         args = [jax.device_put(rng.standard_normal(shape).astype(jnp.dtype(dtype))) for shape, dtype in shapes]
-        for name, fn in candidates.items():
-            compiled = jax.jit(fn, compiler_options=inference_options()).lower(*args).compile()
-            jax.block_until_ready(compiled(*args))
-            times: list[float] = []
-            while len(times) < 2 or sum(times) < TIME_PER_CANDIDATE_S:
+        jitted = {name: jax.jit(fn, compiler_options=options) for name, fn in candidates.items()}
+        compiled = {name: fn.lower(*args).compile() for name, fn in jitted.items()}
+        times: dict[str, list[float]] = {name: [] for name in compiled}
+        # In turns, after a call each: a slow spell of a shared machine, or the first calls of a heap that
+        # still page-faults fresh memory for the temporaries (jaxvgg.core.hostmem), hits every candidate.
+        for fn in compiled.values():
+            jax.block_until_ready(fn(*args))
+        while any(len(t) < MIN_CALLS or sum(t) < TIME_PER_CANDIDATE_S for t in times.values()):
+            for name, fn in compiled.items():
                 start = time.perf_counter()
-                jax.block_until_ready(compiled(*args))
-                times.append(time.perf_counter() - start)
-            ms[name] = round(1e3 * min(times), 3)
+                jax.block_until_ready(fn(*args))
+                times[name].append(time.perf_counter() - start)
+    ms = {name: round(1e3 * min(t), 3) for name, t in times.items()}
     return {"route": min(ms, key=ms.__getitem__), "ms": ms}
 
 

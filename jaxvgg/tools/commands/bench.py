@@ -121,20 +121,20 @@ def bench_jax(
     from jaxvgg.core.config import TrainConfig
     from jaxvgg.ops import native
     from jaxvgg.ops.conv import resolve_route
+    from jaxvgg.parallel import DataParallel
     from jaxvgg.train.loop import build_state
     from jaxvgg.train.steps import compile_steps
 
     cfg = TrainConfig(model=model, image_size=image_size, batch_size=batch_size, lr=1e-4, precision=precision)
     if conv_route:
         cfg.conv_route = conv_route
-    state = build_state(cfg, 3, steps_per_epoch=1)
+    # Placed as the training loop places them (jaxvgg.train.loop): the state replicated over the mesh
+    # the steps are compiled for, so the second step does not compile again for another sharding.
+    par = DataParallel.create(1)
+    state = par.replicate(build_state(cfg, 3, steps_per_epoch=1))
     images, labels = batch_data(batch_size, image_size)
-    batch = {
-        "image": jax.device_put(images),
-        "label": jax.device_put(labels),
-        "weight": jax.device_put(np.ones(batch_size, np.float32)),
-    }
-    train_step, eval_step = compile_steps()
+    batch = par.shard({"image": images, "label": labels, "weight": np.ones(batch_size, np.float32)})
+    train_step, eval_step = compile_steps(parallel=par)
     holder = {"state": state}
 
     def train():
