@@ -144,13 +144,17 @@ def test_a_train_step_measures_its_winograd_shapes_once(measuring):
     assert set(entry["ms"]) == {"im2col", "winograd"} and entry["route"] in entry["ms"]
 
 
-def test_training_measures_nothing(measuring):
-    """A train step traces only the forward rule it differentiates (im2col's), never the choice."""
+def test_training_measures_its_own_routes_only(measuring):
+    """A train step traces only the forward rule it differentiates, which measures training's
+    candidates (im2col's and Winograd's forward and VJP), never the inference forwards; the
+    3-channel stem is not measured at all."""
     model = jaxvgg.create_model("student_cnn", 3, image_size=32)
     variables = jaxvgg.init_variables(model, 32)
     x = jnp.ones((2, 32, 32, 3))
     grads = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x, train=True) ** 2)))(variables)
-    assert jax.tree.leaves(grads) and not measuring.exists()
+    assert jax.tree.leaves(grads)
+    measured = json.loads(measuring.read_text())[conv_choice.machine_key()]
+    assert list(measured) == ["train 2x16x16x32 3x3x32x64 p1 float32"]
 
 
 def test_a_parameter_table_measures_nothing(measuring):

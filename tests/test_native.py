@@ -1,6 +1,7 @@
 """The hand-written CPU kernels (csrc/, jaxvgg.ops.native): built by the README's install, equal to the
 pure-JAX code they stand in for, the same bits on every call, and left aside cleanly where absent."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -118,6 +119,57 @@ def test_im2col_gradient_is_the_fold_back_of_the_slices():
 
     by_kernel = grad(lambda a: ops._patches(a, 3, 3, 2, 1))
     assert np.array_equal(by_kernel, grad(lambda a: ops._sliced_patches(a, 3, 3, 2, 1)))
+
+
+# (batch, height, width, channels, padding): odd sizes (the last tiles cut), paddings 0-2, a 1x1 map,
+# and more tile rows than the kernels' 64 chunks
+WINOGRAD_CASES = [(2, 9, 7, 5, 1), (1, 8, 8, 3, 0), (2, 5, 6, 4, 2), (1, 1, 1, 4, 1), (3, 45, 12, 16, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_winograds_transforms_and_their_transposes_are_the_slices_ones(case, dtype):
+    """Each kernel against the pure-JAX transform or its jax.linear_transpose: in float64 to rounding,
+    in float32 to a few units in the last place (the same sums, ordered differently)."""
+    from jaxvgg.ops import winograd
+
+    n, h, w, c, p = case
+    oh, ow = h + 2 * p - 2, w + 2 * p - 2
+    y_shape, tiles = (n, oh, ow, c), n * -(-oh // 2) * -(-ow // 2)
+    rng = np.random.default_rng(sum(case))
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    with jax.enable_x64(dtype == np.float64):
+        x = jnp.asarray(rng.standard_normal((n, h, w, c)), dtype)
+        m = jnp.asarray(rng.standard_normal((16, tiles, c)), dtype)
+        dy = jnp.asarray(rng.standard_normal(y_shape), dtype)
+
+        def tiles_of(a):
+            return winograd._tiles_by_slices(a, p)
+
+        def untiled(a):
+            return winograd._untile_by_slices(a, y_shape)
+
+        cases = {  # kind: (its argument, the result's shape, padding, the pure-JAX result)
+            "input": (x, m.shape, p, lambda a: tiles_of(a)),
+            "input_grad": (m, x.shape, p, lambda a: jax.linear_transpose(tiles_of, x)(a)[0]),
+            "output": (m, y_shape, None, lambda a: untiled(a)),
+            "output_grad": (dy, m.shape, None, lambda a: jax.linear_transpose(untiled, m)(a)[0]),
+        }
+        for kind, (arg, shape, padding, pure) in cases.items():
+            want = np.asarray(jax.jit(pure)(arg))
+            by_kernel = functools.partial(native.winograd_transform, kind, out_shape=shape, padding=padding)
+            got = np.asarray(jax.jit(lambda a, k=by_kernel, f=pure: k(a, fallback=lambda: f(a)))(arg))
+            assert got.dtype == dtype and got.shape == want.shape, kind
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, np.abs(want).max()), err_msg=kind)
+
+
+def test_the_winograd_convolution_and_its_gradients_call_the_kernels():
+    from jaxvgg.ops import winograd
+
+    grad = jax.jit(jax.grad(lambda x, w: (winograd.conv3x3(x, w, 1) ** 2).sum(), argnums=(0, 1)))
+    compiled = grad.lower(np.ones((2, 6, 6, 4), np.float32), np.ones((3, 3, 4, 8), np.float32)).compile().as_text()
+    for kind in ("input", "input_grad", "output", "output_grad"):
+        assert native.WINOGRAD[kind][np.dtype(np.float32)] in compiled, kind
 
 
 def test_depthwise_weight_grad_is_the_same_bits_every_call():

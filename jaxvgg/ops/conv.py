@@ -274,9 +274,9 @@ def _train_route(x: jax.Array, kernel: jax.Array, padding: int) -> str:
     train steps are). Where nothing is measured, im2col's: Winograd's gain depends on the CPU, and
     its graph doubles the train step's compile time (vgg19_bn at 64 px: 2.2 -> 4.9 s), which a
     measured choice repays over an epoch and a rule might not (docs/performance.md)."""
-    # Below 64 input channels the transforms cost more than the multiplications saved (64 channels:
-    # 1.2-1.9x slower on 64-224 px maps), so those are not measured.
-    if not winograd.supported(x, kernel, 1, 1) or x.shape[-1] < 64 or not conv_choice.measuring_allowed():
+    # Not measured below 16 input channels: on 3 (a stem) Winograd's transforms cost more than the
+    # multiplications they save (8 x 224 x 224 x 3 -> 64: 115 against im2col's 52 ms).
+    if not winograd.supported(x, kernel, 1, 1) or x.shape[-1] < 16 or not conv_choice.measuring_allowed():
         return "im2col"
 
     def forward_and_gradients(name: str):

@@ -42,7 +42,12 @@ DEPTHWISE_FORWARD = _per_dtype("depthwise_forward")
 DEPTHWISE_WEIGHT_GRAD = _per_dtype("depthwise_weight_grad")
 IM2COL = {**_per_dtype("im2col"), jnp.dtype(jnp.bfloat16): "jaxvgg_im2col_bf16"}
 ADAM = _per_dtype("adam")
-HANDLERS = [name for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL, ADAM) for name in table.values()]
+WINOGRAD = {kind: _per_dtype(f"winograd_{kind}") for kind in ("input", "input_grad", "output", "output_grad")}
+HANDLERS = [
+    name
+    for table in (DEPTHWISE_FORWARD, DEPTHWISE_WEIGHT_GRAD, IM2COL, ADAM, *WINOGRAD.values())
+    for name in table.values()
+]
 # Built on x86-64 only and run on CPUs with AVX-512 BF16 only: registered where both hold.
 MATMUL_BF16 = "jaxvgg_matmul_bf16"
 MATMUL_BF16_PANEL = 32  # the kernel's columns per packed panel (kPanel in csrc/gemm_bf16.cc): N's multiple
@@ -152,6 +157,22 @@ def im2col(x: jax.Array, kernel_size: int, stride: int, padding: int, fallback: 
     out = jax.ShapeDtypeStruct((n, max(oh, 0), max(ow, 0), kernel_size * kernel_size * c), x.dtype)
     attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
     return _on_cpu(IM2COL, out, (x,), attrs, fallback)
+
+
+def winograd_supported(a: jax.Array) -> bool:
+    """The Winograd transforms' case: float32/64."""
+    return a.dtype in WINOGRAD["input"] and enabled()
+
+
+def winograd_transform(
+    kind: str, a: jax.Array, out_shape: tuple[int, ...], padding: int | None, fallback: Callable[[], jax.Array]
+) -> jax.Array:
+    """One of F(2x2, 3x3)'s four transforms (jaxvgg/ops/winograd.py, csrc/winograd.cc), into an array of
+    ``out_shape``: ``input`` (NHWC -> (16, tiles, C), zero ``padding``), ``input_grad`` (its transpose),
+    ``output`` ((16, tiles, O) -> NHWC) and ``output_grad`` (its transpose); the same as ``fallback()``.
+    ``padding`` for the input side only. Check :func:`winograd_supported` first."""
+    attrs = {} if padding is None else {"padding": padding}
+    return _on_cpu(WINOGRAD[kind], jax.ShapeDtypeStruct(out_shape, a.dtype), (a,), attrs, fallback)
 
 
 def kernels_in_use() -> str:

@@ -16,8 +16,12 @@ Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016, give 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from jaxvgg.ops import native
 
 
 def supported(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> bool:
@@ -49,16 +53,84 @@ def transform_filters(kernel: jax.Array) -> jax.Array:
 
 def conv3x3(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """NHWC x (3, 3, C, O) -> NHWC, stride 1, ``padding`` zeros on every side: torch's ``Conv2d``."""
-    n, h, w, c = x.shape
-    out_c = kernel.shape[-1]
+    n, h, w, _ = x.shape
     oh, ow = h + 2 * padding - 2, w + 2 * padding - 2
-    th, tw = -(-oh // 2), -(-ow // 2)  # tiles down and across; odd sizes compute one row/column more
+    m = jnp.matmul(_tiles(x, padding), transform_filters(kernel))
+    return _untile(m, (n, oh, ow, kernel.shape[-1]))
+
+
+def _tile_counts(oh: int, ow: int) -> tuple[int, int]:
+    return -(-oh // 2), -(-ow // 2)  # an odd size computes one row/column more, then cuts it
+
+
+# Both transforms are linear, so each one's VJP is its transpose: by hand in one pass where the
+# kernels are built (csrc/winograd.cc), else by jax.linear_transpose of the slices below.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiles(x: jax.Array, padding: int) -> jax.Array:
+    """(16, tiles, C): B^T d B of every 4x4 input tile d, tile position a * 4 + b first."""
+    n, h, w, c = x.shape
+    th, tw = _tile_counts(h + 2 * padding - 2, w + 2 * padding - 2)
+    by_slices = functools.partial(_tiles_by_slices, x, padding)
+    if not native.winograd_supported(x):
+        return by_slices()
+    return native.winograd_transform("input", x, (16, n * th * tw, c), padding, by_slices)
+
+
+def _tiles_fwd(x, padding):
+    # The transpose needs x's shape and dtype only: a zero-sized residual carries them.
+    return _tiles(x, padding), jnp.zeros((0, *x.shape), x.dtype)
+
+
+def _tiles_bwd(padding, like, g):
+    shape = like.shape[1:]
+    transpose = jax.linear_transpose(lambda a: _tiles_by_slices(a, padding), jax.ShapeDtypeStruct(shape, like.dtype))
+    if not native.winograd_supported(g):
+        return transpose(g)
+    return (native.winograd_transform("input_grad", g, shape, padding, lambda: transpose(g)[0]),)
+
+
+_tiles.defvjp(_tiles_fwd, _tiles_bwd)
+
+
+def _tiles_by_slices(x: jax.Array, padding: int) -> jax.Array:
+    n, h, w, c = x.shape
+    th, tw = _tile_counts(h + 2 * padding - 2, w + 2 * padding - 2)
     xp = jnp.pad(x, ((0, 0), (padding, 2 * th + 2 - h - padding), (padding, 2 * tw + 2 - w - padding), (0, 0)))
     # the 4x4 input tiles, overlapping by 2: element (i, j) of every tile is a stride-2 slice
     d = [[xp[:, i : i + 2 * th : 2, j : j + 2 * tw : 2] for j in range(4)] for i in range(4)]
     cols = [_input_rows([d[i][j] for i in range(4)]) for j in range(4)]
     v = jnp.stack([t for a in range(4) for t in _input_rows([cols[j][a] for j in range(4)])])
-    m = jnp.matmul(v.reshape(16, n * th * tw, c), transform_filters(kernel)).reshape(4, 4, n, th, tw, out_c)
+    return v.reshape(16, n * th * tw, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _untile(m: jax.Array, out_shape: tuple[int, int, int, int]) -> jax.Array:
+    """NHWC of ``out_shape``: A^T m A of every tile's (16, O) products, the odd edge cut."""
+    by_slices = functools.partial(_untile_by_slices, m, out_shape)
+    if not native.winograd_supported(m):
+        return by_slices()
+    return native.winograd_transform("output", m, out_shape, None, by_slices)
+
+
+def _untile_fwd(m, out_shape):
+    return _untile(m, out_shape), jnp.zeros((0, *m.shape), m.dtype)
+
+
+def _untile_bwd(out_shape, like, g):
+    shape = like.shape[1:]
+    transpose = jax.linear_transpose(lambda a: _untile_by_slices(a, out_shape), jax.ShapeDtypeStruct(shape, like.dtype))
+    if not native.winograd_supported(g):
+        return transpose(g)
+    return (native.winograd_transform("output_grad", g, shape, None, lambda: transpose(g)[0]),)
+
+
+_untile.defvjp(_untile_fwd, _untile_bwd)
+
+
+def _untile_by_slices(m: jax.Array, out_shape: tuple[int, int, int, int]) -> jax.Array:
+    n, oh, ow, out_c = out_shape
+    th, tw = _tile_counts(oh, ow)
+    m = m.reshape(4, 4, n, th, tw, out_c)
     cols_out = [_output_rows([m[a, b] for a in range(4)]) for b in range(4)]
     y = [_output_rows([cols_out[b][p] for b in range(4)]) for p in range(2)]
     # y[p][q] holds outputs (2 * tile_row + p, 2 * tile_col + q)
