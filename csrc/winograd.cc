@@ -2,7 +2,7 @@
 // jaxvgg/ops/native.py), and their transposes for the gradients: each in one pass over its arrays.
 // In XLA the input transform reads 16 strided slices of the padded input and the output transform
 // 16 slices of the GEMMs' products, as loop fusions that took most of a 64-channel layer's time
-// (docs/performance.md, "Winograd's transforms by hand").
+// (docs/performance.md, "Winograd's F(2x2, 3x3)", the transforms by hand).
 //
 // Layouts: x and y are NHWC; V and M are (16, tiles, channels), position a * 4 + b of the 4x4 tile,
 // tiles in (image, tile row, tile column) order. Tile (t, u) reads input rows 2t - p .. 2t - p + 3 and
@@ -11,7 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <memory>
+#include <new>
 
 #include "xla/ffi/api/ffi.h"
 #include "common.h"
@@ -69,47 +70,52 @@ JAXVGG_CLONES void InputTiles(const T* __restrict x, T* __restrict v, const T* z
   }
 }
 
-// The transpose: dx = the sum over tiles of B dV B^T, placed where each tile was read. Tiles of one
+// The transpose: dx = the sum over tiles of B dV B^T, added where each tile was read. Tiles of one
 // row overlap those of the next, so callers add rows of one parity at a time.
 template <typename T>
 JAXVGG_CLONES void InputTilesTransposed(const T* __restrict dv, T* __restrict dx, Tiling g, int64_t c,
                                         int64_t parity, int64_t row_begin, int64_t row_end) {
   const int64_t tiles = g.tiles();
   const int64_t half = (g.th + 1 - parity) / 2;  // tile rows of this parity per image
-  std::vector<T> tile(16 * c);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t img = r / half, t = 2 * (r % half) + parity;
     for (int64_t u = 0; u < g.tw; ++u) {
       const T* src = dv + ((img * g.th + t) * g.tw + u) * c;
-      T* out = tile.data();
-#pragma GCC ivdep
-      for (int64_t k = 0; k < c; ++k) {
-        T s[4][4];
-        for (int a = 0; a < 4; ++a) {
-          const T g0 = src[(a * 4 + 0) * tiles * c + k], g1 = src[(a * 4 + 1) * tiles * c + k];
-          const T g2 = src[(a * 4 + 2) * tiles * c + k], g3 = src[(a * 4 + 3) * tiles * c + k];
-          s[a][0] = g0;
-          s[a][1] = g1 - g2 + g3;
-          s[a][2] = g1 + g2 - g0;
-          s[a][3] = -g3;
-        }
+      T* dst[16];  // where each of the tile's 16 inputs came from; null where it was padding
+      for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) {
-          out[(0 * 4 + j) * c + k] = s[0][j];
-          out[(1 * 4 + j) * c + k] = s[1][j] - s[2][j] + s[3][j];
-          out[(2 * 4 + j) * c + k] = s[1][j] + s[2][j] - s[0][j];
-          out[(3 * 4 + j) * c + k] = -s[3][j];
+          const int64_t y = 2 * t - g.p + i, xx = 2 * u - g.p + j;
+          dst[i * 4 + j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w) ? dx + ((img * g.h + y) * g.w + xx) * c : nullptr;
         }
-      }
-      for (int i = 0; i < 4; ++i) {
-        const int64_t y = 2 * t - g.p + i;
-        if (y < 0 || y >= g.h) continue;
-        for (int j = 0; j < 4; ++j) {
-          const int64_t xx = 2 * u - g.p + j;
-          if (xx < 0 || xx >= g.w) continue;
-          T* dst = dx + ((img * g.h + y) * g.w + xx) * c;
-          const T* add = out + (i * 4 + j) * c;
+      // In blocks of channels through a buffer on the stack: the transform's loop and the adds vectorise.
+      constexpr int64_t kBlock = 64;
+      T out[16][kBlock];
+      for (int64_t k0 = 0; k0 < c; k0 += kBlock) {
+        const int64_t len = std::min(kBlock, c - k0);
 #pragma GCC ivdep
-          for (int64_t k = 0; k < c; ++k) dst[k] += add[k];
+        for (int64_t kk = 0; kk < len; ++kk) {
+          const int64_t k = k0 + kk;
+          T s[4][4];
+          for (int a = 0; a < 4; ++a) {
+            const T g0 = src[(a * 4 + 0) * tiles * c + k], g1 = src[(a * 4 + 1) * tiles * c + k];
+            const T g2 = src[(a * 4 + 2) * tiles * c + k], g3 = src[(a * 4 + 3) * tiles * c + k];
+            s[a][0] = g0;
+            s[a][1] = g1 - g2 + g3;
+            s[a][2] = g1 + g2 - g0;
+            s[a][3] = -g3;
+          }
+          for (int j = 0; j < 4; ++j) {
+            out[0 * 4 + j][kk] = s[0][j];
+            out[1 * 4 + j][kk] = s[1][j] - s[2][j] + s[3][j];
+            out[2 * 4 + j][kk] = s[1][j] + s[2][j] - s[0][j];
+            out[3 * 4 + j][kk] = -s[3][j];
+          }
+        }
+        for (int q = 0; q < 16; ++q) {
+          if (dst[q] == nullptr) continue;
+          T* to = dst[q] + k0;
+#pragma GCC ivdep
+          for (int64_t kk = 0; kk < len; ++kk) to[kk] += out[q][kk];
         }
       }
     }
@@ -128,7 +134,7 @@ JAXVGG_CLONES void OutputTiles(const T* __restrict m, T* __restrict y, Tiling g,
       const T* src = m + (row * g.tw + u) * o;
       const bool second_col = 2 * u + 1 < g.ow;
       T* y00 = y + ((img * g.oh + 2 * t) * g.ow + 2 * u) * o;
-      T* y10 = y00 + g.ow * o;
+      T* y10 = second_row ? y00 + g.ow * o : y00;  // not past the array's end on an odd last row
 #pragma GCC ivdep
       for (int64_t k = 0; k < o; ++k) {
         T s[2][4];
@@ -196,8 +202,9 @@ ffi::Error Input(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t padding, ffi::R
   const int64_t c = xd[3];
   if (vd[0] != 16 || vd[1] != g.tiles() || vd[2] != c)
     return ffi::Error::InvalidArgument("winograd_input: output is not (16, tiles, channels)");
-  const std::vector<T> zeros(c, T(0));
-  const T *xp = x.typed_data(), *zp = zeros.data();
+  std::unique_ptr<T[]> zeros(new (std::nothrow) T[std::max<int64_t>(c, 1)]());
+  if (!zeros) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "winograd_input: out of memory");
+  const T *xp = x.typed_data(), *zp = zeros.get();
   T* vp = v->typed_data();
   const int64_t rows = g.n * g.th;
   jaxvgg::InChunks(pool, rows, Chunks(rows), [=](int64_t, int64_t b, int64_t e) { InputTiles<T>(xp, vp, zp, g, c, b, e); });
@@ -254,8 +261,9 @@ ffi::Error OutputGrad(ffi::ThreadPool pool, ffi::Buffer<D> dy, ffi::ResultBuffer
   const int64_t o = yd[3];
   if (md[0] != 16 || md[1] != g.tiles() || md[2] != o)
     return ffi::Error::InvalidArgument("winograd_output_grad: output is not (16, tiles, channels)");
-  const std::vector<T> zeros(o, T(0));
-  const T *yp = dy.typed_data(), *zp = zeros.data();
+  std::unique_ptr<T[]> zeros(new (std::nothrow) T[std::max<int64_t>(o, 1)]());
+  if (!zeros) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "winograd_output_grad: out of memory");
+  const T *yp = dy.typed_data(), *zp = zeros.get();
   T* mp = dm->typed_data();
   const int64_t rows = g.n * g.th;
   jaxvgg::InChunks(pool, rows, Chunks(rows),

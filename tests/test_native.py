@@ -133,6 +133,7 @@ def test_winograds_transforms_and_their_transposes_are_the_slices_ones(case, dty
     in float32 to a few units in the last place (the same sums, ordered differently)."""
     from jaxvgg.ops import winograd
 
+    assert native.enabled()  # else every call below would be its pure-JAX fallback
     n, h, w, c, p = case
     oh, ow = h + 2 * p - 2, w + 2 * p - 2
     y_shape, tiles = (n, oh, ow, c), n * -(-oh // 2) * -(-ow // 2)

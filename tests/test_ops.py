@@ -236,8 +236,8 @@ def test_a_pool_folded_into_the_kernel_after_it_is_the_pool_then_the_kernel(map_
     ("shape", "padding"), [((2, 9, 7, 5), 1), ((1, 8, 8, 3), 0), ((2, 5, 6, 4), 2), ((1, 1, 1, 4), 1)]
 )
 def test_winograd_is_the_convolution_exactly_in_float64(shape, padding):
-    """F(2x2, 3x3)'s transforms are exact: in float64 the forward and both gradients agree with XLA's
-    convolution to rounding, on odd sizes (the last tiles cut) and paddings 0-2."""
+    """In float64 the forward and both gradients agree with XLA's convolution to rounding (the
+    transforms add and halve, nothing more), on odd sizes (the last tiles cut) and paddings 0-2."""
     from jaxvgg.ops import winograd
 
     rng = np.random.default_rng(0)

@@ -140,4 +140,6 @@ def test_bench_repeats_take_medians_and_keep_errors():
     merged = bench.merge_repeats(runs)
     assert (merged["first_step_s"], merged["train_step_s"], merged["eval_step_s"]) == (3.0, 0.3, 0.3)
     assert merged["peak_rss_mb"] == 300 and merged["repeats"] == 3
+    timed = [dict(r, train_times_s=[r["train_step_s"]] * 2, eval_times_s=[r["eval_step_s"]]) for r in runs]
+    assert bench.merge_repeats(timed)["train_times_s"] == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
     assert bench.merge_repeats([runs[0], {"error": "boom"}]) == {"error": "boom"}

@@ -272,8 +272,8 @@ def _train_route(x: jax.Array, kernel: jax.Array, padding: int) -> str:
     """The route of a stride-1 convolution in a train step: im2col's, or Winograd's where it applies
     and its forward and both gradients were measured faster on this CPU for this shape (compiled as
     train steps are). Where nothing is measured, im2col's: Winograd's gain depends on the CPU, and
-    its graph doubles the train step's compile time (vgg19_bn at 64 px: 2.2 -> 4.9 s), which a
-    measured choice repays over an epoch and a rule might not (docs/performance.md)."""
+    its graph lengthens the train step's compile (vgg19_bn at 64 px, batch 8: 2.3 -> 4.1 s), which
+    a measured choice repays within an epoch and a rule might not (docs/performance.md)."""
     # Not measured below 16 input channels: on 3 (a stem) Winograd's transforms cost more than the
     # multiplications they save (8 x 224 x 224 x 3 -> 64: 115 against im2col's 52 ms).
     if not winograd.supported(x, kernel, 1, 1) or x.shape[-1] < 16 or not conv_choice.measuring_allowed():
@@ -317,8 +317,8 @@ def _shapes(x: jax.Array, kernel: jax.Array) -> list:
 # read back), on which shapes depends on the CPU, so it is measured (_forward_route). On an AVX2
 # EPYC, 1.3-1.7x per layer on 112 and 224 px maps, mixed below (whole eval steps with a 56x56
 # cut: vgg16 at 224 px 2.83 -> 3.23 img/s, at 64 px 22.1 -> 24.9); on an AVX-512 EPYC it also won
-# from 8x8 maps up and lost 4x on 2x2 and 4x4 ones, and Winograd's beat both by 1.4-1.7x on 8x8 to
-# 56x56 maps of 128-512 channels (docs/performance.md).
+# from 8x8 maps up and lost 4x on 2x2 and 4x4 ones, and Winograd's forward beat both, about 2x
+# against im2col on 14x14 to 224x224 maps (docs/performance.md).
 # Training: an XLA forward and input gradient with an im2col weight gradient won per layer but lost
 # in whole train steps (vgg16 at 224 px 0.78 -> 0.69 img/s, student_cnn at 112 px 77 -> 68,
 # in-process A/B), so under differentiation the route is im2col's or Winograd's (_train_route),

@@ -126,8 +126,9 @@ def _measure(candidates: dict[str, Callable], shapes: list[tuple[tuple[int, ...]
         # still page-faults fresh memory for the temporaries (jaxvgg.core.hostmem), hits every candidate.
         for fn in compiled.values():
             jax.block_until_ready(fn(*args))
-        while any(len(t) < MIN_CALLS or sum(t) < TIME_PER_CANDIDATE_S for t in times.values()):
-            for name, fn in compiled.items():
+        while pending := [n for n, t in times.items() if len(t) < MIN_CALLS or sum(t) < TIME_PER_CANDIDATE_S]:
+            for name in pending:  # a fast candidate's extra calls do not make a slow one run again
+                fn = compiled[name]
                 start = time.perf_counter()
                 jax.block_until_ready(fn(*args))
                 times[name].append(time.perf_counter() - start)

@@ -2,7 +2,7 @@
 
 Each 2x2 block of outputs is computed from a 4x4 tile of the input with 16 multiplications per
 input/output channel pair, where the direct convolution (and im2col's GEMM) makes 36: the tiles
-and filters are transformed (additions and halvings only, exact in binary floating point), the 16
+and filters are transformed (additions and halvings: exact in float64 to its rounding), the 16
 tile positions become 16 GEMMs of (tiles x C_in) by (C_in x C_out), and the products are
 transformed back. Autodiff of these linear steps gives both gradients, each again 16 GEMMs of the
 same reduced size, so a training step does 2.25x fewer multiply-adds in these layers.
@@ -10,7 +10,8 @@ same reduced size, so a training step does 2.25x fewer multiply-adds in these la
 What it costs: the transformed input is 4x the input (im2col's patches are 9x) and the filters
 4x4 instead of 3x3 (16/9 of the weights to read: a loss where few tiles share them, as on 7x7 and
 smaller maps). Which layers take it is measured per shape (:mod:`jaxvgg.ops.conv_choice`); the
-rounding differs from the direct sum's by about 1e-6 relative in float32 (tests/test_ops.py).
+rounding differs from the direct sum's by about 1e-6 relative in float32 (tests/test_ops.py). The
+transforms are written by hand where the kernels are built (csrc/winograd.cc).
 Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016, give the matrices.
 """
 

@@ -12,7 +12,7 @@ memory and thread pools are its own. Step times are medians after --warmup untim
 first steps of a process page in its heap); "first step"
 is the time to the first finished train step, compilation included (the persistent compilation
 cache is off here, so it is a cold compile; on a CPU new to the model's shapes the first JAX
-child also measures their convolution forwards, jaxvgg.ops.conv_choice, which later ones read).
+child also measures their convolution routes, jaxvgg.ops.conv_choice, which later ones read).
 Achieved FLOP/s counts 2 x multiply-adds x 3
 (forward + two backward products) per training image; "%pk" divides it by the device's peak
 (GPUs: the vendor's dense figure for the precision; CPUs: vCPUs x clock x FMA width, nominal).
@@ -377,6 +377,9 @@ def merge_repeats(runs: list[dict]) -> dict:
     for key in ("first_step_s", "train_step_s", "eval_step_s", "eval_first_s"):
         merged[key] = statistics.median(r[key] for r in runs)
     merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    for key in ("train_times_s", "eval_times_s"):  # every timed step, repeat after repeat
+        if all(key in r for r in runs):
+            merged[key] = [t for r in runs for t in r[key]]
     merged["repeats"] = len(runs)
     return merged
 
