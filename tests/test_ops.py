@@ -139,6 +139,7 @@ def test_bf16_on_a_cpu_says_what_it_costs_there(kernel, monkeypatch):
     monkeypatch.setattr(native, "matmul_bf16_runs_here", lambda: kernel)
     note = precision_note("bf16", "cpu")
     assert ("AVX-512 BF16 kernel" in note) == kernel and ("trains slower than fp32" in note) != kernel
+    assert ("Winograd" in note) == kernel  # where bf16 training loses to fp32 even with the kernel
     # the kernel is not in XLA's route, nor in steps for several devices
     assert "trains slower than fp32" in precision_note("bf16", "cpu", route="xla")
     assert "trains slower than fp32" in precision_note("bf16", "cpu", devices=4)

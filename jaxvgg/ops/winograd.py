@@ -71,26 +71,51 @@ def _tiles(x: jax.Array, padding: int) -> jax.Array:
     """(16, tiles, C): B^T d B of every 4x4 input tile d, tile position a * 4 + b first."""
     n, h, w, c = x.shape
     th, tw = _tile_counts(h + 2 * padding - 2, w + 2 * padding - 2)
-    by_slices = functools.partial(_tiles_by_slices, x, padding)
-    if not native.winograd_supported(x):
+    return _by_kernel("input", x, (16, n * th * tw, c), padding, lambda: _tiles_by_slices(x, padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _untile(m: jax.Array, out_shape: tuple[int, int, int, int]) -> jax.Array:
+    """NHWC of ``out_shape``: A^T m A of every tile's (16, O) products, the odd edge cut."""
+    return _by_kernel("output", m, out_shape, None, lambda: _untile_by_slices(m, out_shape))
+
+
+def _by_kernel(kind: str, a: jax.Array, out_shape: tuple[int, ...], padding: int | None, by_slices) -> jax.Array:
+    if not native.winograd_supported(a):
         return by_slices()
-    return native.winograd_transform("input", x, (16, n * th * tw, c), padding, by_slices)
+    return native.winograd_transform(kind, a, out_shape, padding, by_slices)
+
+
+def _with_shape_of(y: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # The transpose needs the input's shape and dtype only: a zero-sized residual carries them.
+    return y, jnp.zeros((0, *a.shape), a.dtype)
+
+
+def _transposed(kind: str, by_slices, padding: int | None, like: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    """The VJP of a transform: ``kind``'s kernel, or the transpose of the transform ``by_slices``."""
+    shape = like.shape[1:]
+    transpose = jax.linear_transpose(by_slices, jax.ShapeDtypeStruct(shape, like.dtype))
+    return (_by_kernel(kind, g, shape, padding, lambda: transpose(g)[0]),)
 
 
 def _tiles_fwd(x, padding):
-    # The transpose needs x's shape and dtype only: a zero-sized residual carries them.
-    return _tiles(x, padding), jnp.zeros((0, *x.shape), x.dtype)
+    return _with_shape_of(_tiles(x, padding), x)
 
 
 def _tiles_bwd(padding, like, g):
-    shape = like.shape[1:]
-    transpose = jax.linear_transpose(lambda a: _tiles_by_slices(a, padding), jax.ShapeDtypeStruct(shape, like.dtype))
-    if not native.winograd_supported(g):
-        return transpose(g)
-    return (native.winograd_transform("input_grad", g, shape, padding, lambda: transpose(g)[0]),)
+    return _transposed("input_grad", lambda a: _tiles_by_slices(a, padding), padding, like, g)
+
+
+def _untile_fwd(m, out_shape):
+    return _with_shape_of(_untile(m, out_shape), m)
+
+
+def _untile_bwd(out_shape, like, g):
+    return _transposed("output_grad", lambda a: _untile_by_slices(a, out_shape), None, like, g)
 
 
 _tiles.defvjp(_tiles_fwd, _tiles_bwd)
+_untile.defvjp(_untile_fwd, _untile_bwd)
 
 
 def _tiles_by_slices(x: jax.Array, padding: int) -> jax.Array:
@@ -102,30 +127,6 @@ def _tiles_by_slices(x: jax.Array, padding: int) -> jax.Array:
     cols = [_input_rows([d[i][j] for i in range(4)]) for j in range(4)]
     v = jnp.stack([t for a in range(4) for t in _input_rows([cols[j][a] for j in range(4)])])
     return v.reshape(16, n * th * tw, c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _untile(m: jax.Array, out_shape: tuple[int, int, int, int]) -> jax.Array:
-    """NHWC of ``out_shape``: A^T m A of every tile's (16, O) products, the odd edge cut."""
-    by_slices = functools.partial(_untile_by_slices, m, out_shape)
-    if not native.winograd_supported(m):
-        return by_slices()
-    return native.winograd_transform("output", m, out_shape, None, by_slices)
-
-
-def _untile_fwd(m, out_shape):
-    return _untile(m, out_shape), jnp.zeros((0, *m.shape), m.dtype)
-
-
-def _untile_bwd(out_shape, like, g):
-    shape = like.shape[1:]
-    transpose = jax.linear_transpose(lambda a: _untile_by_slices(a, out_shape), jax.ShapeDtypeStruct(shape, like.dtype))
-    if not native.winograd_supported(g):
-        return transpose(g)
-    return (native.winograd_transform("output_grad", g, shape, None, lambda: transpose(g)[0]),)
-
-
-_untile.defvjp(_untile_fwd, _untile_bwd)
 
 
 def _untile_by_slices(m: jax.Array, out_shape: tuple[int, int, int, int]) -> jax.Array:

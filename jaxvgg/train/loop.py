@@ -69,8 +69,9 @@ CPU_BF16_NOTE = (
 )
 CPU_BF16_KERNEL_NOTE = (
     "--precision bf16 on this CPU: the convolutions multiply in bfloat16 by jaxvgg's AVX-512 BF16 kernel "
-    "and XLA:CPU computes the rest through float32; measured faster than fp32 for the dense VGGs and "
-    "ResNet-50, slower for vgg16_dsconv, on an AMD EPYC (docs/performance.md)"
+    "and XLA:CPU computes the rest through float32; on an AMD EPYC faster than fp32 for ResNet-50 and for "
+    "evaluating the dense VGGs, but training those ran at 0.8x fp32's (fp32 takes Winograd's convolution, "
+    "bf16 does not) and vgg16_dsconv is slower (docs/performance.md)"
 )
 
 
