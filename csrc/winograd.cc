@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <string>
 
 #include "xla/ffi/api/ffi.h"
 #include "common.h"
@@ -193,16 +194,31 @@ JAXVGG_CLONES void OutputTilesTransposed(const T* __restrict dy, T* __restrict d
 
 int64_t Chunks(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, jaxvgg::kMaxChunks)); }
 
+// Every handler's shape check: `nhwc` and the (16, tiles, channels) array `tiled` of its transform,
+// whose tiles are counted from the input's size and padding (input side) or the output's (output side).
+template <typename Dims>
+ffi::Error TilingOf(const char* kernel, const Dims& nhwc, const Dims& tiled, const int64_t* padding, Tiling* g) {
+  if (nhwc.size() != 4 || tiled.size() != 3)
+    return ffi::Error::InvalidArgument(std::string(kernel) + ": an NHWC array and a 3-D one");
+  *g = padding ? MakeTiling(nhwc[0], nhwc[1], nhwc[2], *padding) : OutputTiling(nhwc[0], nhwc[1], nhwc[2]);
+  if (tiled[0] != 16 || tiled[1] != g->tiles() || tiled[2] != nhwc[3])
+    return ffi::Error::InvalidArgument(std::string(kernel) + ": the 3-D array is not (16, tiles, channels)");
+  return ffi::Error::Success();
+}
+
+// A row of `n` zeros, standing for the padding's pixels; null where memory ran out.
+template <typename T>
+std::unique_ptr<T[]> Zeros(int64_t n) {
+  return std::unique_ptr<T[]>(new (std::nothrow) T[std::max<int64_t>(n, 1)]());
+}
+
 template <ffi::DataType D>
 ffi::Error Input(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t padding, ffi::ResultBuffer<D> v) {
   using T = ffi::NativeType<D>;
-  auto xd = x.dimensions(), vd = v->dimensions();
-  if (xd.size() != 4 || vd.size() != 3) return ffi::Error::InvalidArgument("winograd_input: NHWC in, 3-D out");
-  const Tiling g = MakeTiling(xd[0], xd[1], xd[2], padding);
-  const int64_t c = xd[3];
-  if (vd[0] != 16 || vd[1] != g.tiles() || vd[2] != c)
-    return ffi::Error::InvalidArgument("winograd_input: output is not (16, tiles, channels)");
-  std::unique_ptr<T[]> zeros(new (std::nothrow) T[std::max<int64_t>(c, 1)]());
+  Tiling g;
+  if (ffi::Error e = TilingOf("winograd_input", x.dimensions(), v->dimensions(), &padding, &g); e.failure()) return e;
+  const int64_t c = x.dimensions()[3];
+  auto zeros = Zeros<T>(c);
   if (!zeros) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "winograd_input: out of memory");
   const T *xp = x.typed_data(), *zp = zeros.get();
   T* vp = v->typed_data();
@@ -214,12 +230,10 @@ ffi::Error Input(ffi::ThreadPool pool, ffi::Buffer<D> x, int64_t padding, ffi::R
 template <ffi::DataType D>
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<D> dv, int64_t padding, ffi::ResultBuffer<D> dx) {
   using T = ffi::NativeType<D>;
-  auto vd = dv.dimensions(), xd = dx->dimensions();
-  if (xd.size() != 4 || vd.size() != 3) return ffi::Error::InvalidArgument("winograd_input_grad: 3-D in, NHWC out");
-  const Tiling g = MakeTiling(xd[0], xd[1], xd[2], padding);
-  const int64_t c = xd[3];
-  if (vd[0] != 16 || vd[1] != g.tiles() || vd[2] != c)
-    return ffi::Error::InvalidArgument("winograd_input_grad: input is not (16, tiles, channels)");
+  Tiling g;
+  if (ffi::Error e = TilingOf("winograd_input_grad", dx->dimensions(), dv.dimensions(), &padding, &g); e.failure())
+    return e;
+  const int64_t c = dx->dimensions()[3];
   const T* vp = dv.typed_data();
   T* xp = dx->typed_data();
   const int64_t pixel_rows = g.n * g.h;
@@ -239,12 +253,9 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<D> dv, int64_t padding, f
 template <ffi::DataType D>
 ffi::Error Output(ffi::ThreadPool pool, ffi::Buffer<D> m, ffi::ResultBuffer<D> y) {
   using T = ffi::NativeType<D>;
-  auto md = m.dimensions(), yd = y->dimensions();
-  if (yd.size() != 4 || md.size() != 3) return ffi::Error::InvalidArgument("winograd_output: 3-D in, NHWC out");
-  const Tiling g = OutputTiling(yd[0], yd[1], yd[2]);
-  const int64_t o = yd[3];
-  if (md[0] != 16 || md[1] != g.tiles() || md[2] != o)
-    return ffi::Error::InvalidArgument("winograd_output: input is not (16, tiles, channels)");
+  Tiling g;
+  if (ffi::Error e = TilingOf("winograd_output", y->dimensions(), m.dimensions(), nullptr, &g); e.failure()) return e;
+  const int64_t o = y->dimensions()[3];
   const T* mp = m.typed_data();
   T* yp = y->typed_data();
   const int64_t rows = g.n * g.th;
@@ -255,13 +266,11 @@ ffi::Error Output(ffi::ThreadPool pool, ffi::Buffer<D> m, ffi::ResultBuffer<D> y
 template <ffi::DataType D>
 ffi::Error OutputGrad(ffi::ThreadPool pool, ffi::Buffer<D> dy, ffi::ResultBuffer<D> dm) {
   using T = ffi::NativeType<D>;
-  auto yd = dy.dimensions(), md = dm->dimensions();
-  if (yd.size() != 4 || md.size() != 3) return ffi::Error::InvalidArgument("winograd_output_grad: NHWC in, 3-D out");
-  const Tiling g = OutputTiling(yd[0], yd[1], yd[2]);
-  const int64_t o = yd[3];
-  if (md[0] != 16 || md[1] != g.tiles() || md[2] != o)
-    return ffi::Error::InvalidArgument("winograd_output_grad: output is not (16, tiles, channels)");
-  std::unique_ptr<T[]> zeros(new (std::nothrow) T[std::max<int64_t>(o, 1)]());
+  Tiling g;
+  if (ffi::Error e = TilingOf("winograd_output_grad", dy.dimensions(), dm->dimensions(), nullptr, &g); e.failure())
+    return e;
+  const int64_t o = dy.dimensions()[3];
+  auto zeros = Zeros<T>(o);
   if (!zeros) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "winograd_output_grad: out of memory");
   const T *yp = dy.typed_data(), *zp = zeros.get();
   T* mp = dm->typed_data();

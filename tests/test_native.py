@@ -164,6 +164,20 @@ def test_winograds_transforms_and_their_transposes_are_the_slices_ones(case, dty
             np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, np.abs(want).max()), err_msg=kind)
 
 
+def test_winograds_kernels_refuse_shapes_that_are_not_each_others_transform():
+    assert native.enabled()
+    x = jnp.ones((1, 6, 6, 4), jnp.float32)  # 3 x 3 tiles at padding 1
+    for kind, arg, shape in (
+        ("input", x, (16, 8, 4)),
+        ("input_grad", jnp.ones((16, 9, 4), jnp.float32), (1, 6, 6, 5)),
+        ("output", jnp.ones((16, 9, 4), jnp.float32), (1, 6, 6)),
+    ):
+        padding = None if kind == "output" else 1
+        call = jax.jit(lambda a, k=kind, s=shape, p=padding: native.winograd_transform(k, a, s, p, fallback=None))
+        with pytest.raises(Exception, match=f"winograd_{kind}: "):
+            call(arg).block_until_ready()
+
+
 def test_the_winograd_convolution_and_its_gradients_call_the_kernels():
     from jaxvgg.ops import winograd
 
